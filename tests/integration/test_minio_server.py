@@ -1,0 +1,78 @@
+"""The integration tier's MinIO is the real server: its own health and admin APIs answer,
+and objects round-trip through the S3 protocol."""
+
+from __future__ import annotations
+
+import io
+import json
+import urllib.request
+from pathlib import Path
+
+from minio.credentials import StaticProvider
+from minio.minioadmin import MinioAdmin
+
+from tests.servers.minio import MinioServer, start_minio
+from tests.servers.procs import port_open
+
+
+def _get(url: str) -> tuple[int, dict[str, str]]:
+    with urllib.request.urlopen(url, timeout=5) as r:
+        return r.status, dict(r.headers)
+
+
+def test_health_endpoints_and_server_header(minio_server: MinioServer) -> None:
+    status, headers = _get(f"{minio_server.url}/minio/health/live")
+    assert status == 200
+    assert headers.get("Server", "").startswith("MinIO")
+    status, _ = _get(f"{minio_server.url}/minio/health/ready")
+    assert status == 200
+
+
+def test_admin_info_reports_one_online_server(minio_server: MinioServer) -> None:
+    admin = MinioAdmin(
+        endpoint=minio_server.endpoint,
+        credentials=StaticProvider(minio_server.access_key, minio_server.secret_key),
+        secure=False,
+    )
+    info = json.loads(admin.info())
+    servers = info["servers"]
+    assert len(servers) == 1
+    assert servers[0]["state"] == "online"
+    assert servers[0]["endpoint"] == minio_server.endpoint
+
+
+def test_put_get_round_trip(minio_server: MinioServer) -> None:
+    bucket = minio_server.make_bucket()
+    client = minio_server.client()
+    payload = b"paris" * 1000
+    client.put_object(bucket, "dir/blob.bin", io.BytesIO(payload), len(payload))
+    resp = client.get_object(bucket, "dir/blob.bin")
+    try:
+        assert resp.read() == payload
+    finally:
+        resp.close()
+        resp.release_conn()
+    names = [o.object_name for o in client.list_objects(bucket, prefix="dir/")]
+    assert names == ["dir/blob.bin"]
+
+
+def test_wrong_credentials_are_refused(minio_server: MinioServer) -> None:
+    from minio import Minio
+    from minio.error import S3Error
+
+    bad = Minio(minio_server.endpoint, access_key=minio_server.access_key, secret_key="wrong", secure=False)
+    try:
+        bad.list_buckets()
+    except S3Error as e:
+        assert e.code == "SignatureDoesNotMatch"
+    else:
+        raise AssertionError("MinIO accepted a wrong secret key")
+
+
+def test_teardown_closes_ports_and_kills_process(tmp_path: Path) -> None:
+    with start_minio(tmp_path) as server:
+        assert port_open(server.port)
+        pid = server.process.pid
+    assert not port_open(server.port)
+    assert not port_open(server.console_port)
+    assert server.process.proc.poll() is not None, f"minio pid {pid} still running"
