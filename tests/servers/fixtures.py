@@ -9,15 +9,40 @@ Fixtures
 minio_server -> tests.servers.minio.MinioServer
     .endpoint ("127.0.0.1:PORT"), .url ("http://..."), .access_key, .secret_key,
     .make_bucket(name=None) -> str, .client() -> minio.Minio, .env() -> dict for subprocesses.
+k8s_cluster -> tests.servers.cluster.Cluster
+    .kubeconfig (Path), .server, .token, .version (pinned gitVersion), .pools,
+    .api_client() / .core() / .batch() / .apps(), .kubectl(*args), .env(), .logs().
+    Control plane: etcd, kube-apiserver, kube-controller-manager, kube-scheduler and the kwok
+    controller, built by scripts/test-infra. Every YAML in the repo's crds/ is applied.
+    Fake nodes (kwok): every node has annotation kwok.x-k8s.io/node=fake, label type=kwok,
+    label pool=<pool> and taint kwok.x-k8s.io/node=fake:NoSchedule; GPU pools also carry
+    taint nvidia.com/gpu=present:NoSchedule. Pods need tolerations for both
+    (tests.servers.cluster.FAKE_NODE_TOLERATIONS):
+      pool=a40  : kwok-a40-0, kwok-a40-1  (4 nvidia.com/gpu each, 32 cpu, 256Gi)
+      pool=h100 : kwok-h100-0             (8 nvidia.com/gpu, 32 cpu, 256Gi)
+      pool=cpu  : kwok-cpu-0, kwok-cpu-1  (no GPU, 16 cpu, 64Gi)
+k8s_namespace -> str
+    A fresh namespace per test (its default ServiceAccount exists), deleted afterwards.
+pod_runner -> tests.servers.podrunner.PodRunner
+    Runs pods bound to fake nodes as local processes and reports their real exit codes
+    (see that module). .env (overrides, cleared after each test), .overrides(env),
+    .url_for(pod, namespace), .url_for_selector(selector, namespace), .wait_for(pod, ns),
+    .find(pod, ns) -> PodProcess (.exit_code, .stdout_path, .stderr_path, .logs()),
+    .logs(pod, ns), .describe().
 """
 
 from __future__ import annotations
 
+import secrets
+import time
 from collections.abc import Iterator
 
 import pytest
+from kubernetes.client.exceptions import ApiException
 
+from tests.servers.cluster import Cluster, start_cluster
 from tests.servers.minio import MinioServer, start_minio
+from tests.servers.podrunner import PodRunner
 
 
 @pytest.fixture(scope="session")
@@ -25,3 +50,57 @@ def minio_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MinioServ
     """A real MinIO server for the whole session; make a bucket per test."""
     with start_minio(tmp_path_factory.mktemp("minio")) as server:
         yield server
+
+
+@pytest.fixture(scope="session")
+def k8s_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    """A real control plane with fake GPU/CPU node pools; see the module docstring."""
+    with start_cluster(tmp_path_factory.mktemp("k8s")) as cluster:
+        yield cluster
+
+
+@pytest.fixture(scope="session")
+def _pod_runner_session(
+    k8s_cluster: Cluster, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[PodRunner]:
+    runner = PodRunner(k8s_cluster, tmp_path_factory.mktemp("pods")).start()
+    try:
+        yield runner
+    finally:
+        runner.stop()
+
+
+@pytest.fixture
+def pod_runner(_pod_runner_session: PodRunner) -> Iterator[PodRunner]:
+    """The session's pod runner, with env overrides reset after the test. A problem inside the
+    runner itself (not a pod's own failure) fails the test that saw it."""
+    runner = _pod_runner_session
+    seen = len(runner.errors)
+    yield runner
+    runner.env.clear()
+    new_errors = runner.errors[seen:]
+    assert not new_errors, f"pod runner errors: {new_errors}\n{runner.describe()}"
+
+
+@pytest.fixture
+def k8s_namespace(k8s_cluster: Cluster, request: pytest.FixtureRequest) -> Iterator[str]:
+    """A fresh namespace, ready for pods (its default ServiceAccount exists)."""
+    base = "".join(c if c.isalnum() else "-" for c in request.node.name.lower())[:40].strip("-")
+    name = f"{base}-{secrets.token_hex(3)}"
+    core = k8s_cluster.core()
+    core.create_namespace({"metadata": {"name": name}})
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            core.read_namespaced_service_account("default", name)
+            break
+        except ApiException as e:
+            if e.status != 404 or time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
+    yield name
+    try:
+        core.delete_namespace(name)
+    except ApiException as e:
+        if e.status != 404:
+            raise

@@ -1,0 +1,379 @@
+"""The e2e tier's cluster is a real control plane: the built apiserver answers kubectl at the
+pinned version, the real controller-manager turns Jobs into Pods, the real scheduler places
+pods by pool and GPU capacity, and the pod runner plays pods with real exit codes."""
+
+from __future__ import annotations
+
+import json
+import time
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+from kubernetes.client.exceptions import ApiException
+
+from tests.servers.cluster import FAKE_NODE_TOLERATIONS, Cluster, Pool, start_cluster
+from tests.servers.minio import MinioServer
+from tests.servers.podrunner import PodRunner
+from tests.servers.procs import port_open
+
+REPO = Path(__file__).resolve().parents[2]
+T = TypeVar("T")
+
+
+def pinned(key: str) -> str:
+    for line in (REPO / "scripts" / "test-infra.versions").read_text().splitlines():
+        if line.startswith(f"{key}="):
+            return line.split("=", 1)[1].strip()
+    raise KeyError(key)
+
+
+def eventually(
+    fn: Callable[[], T | None],
+    timeout: float = 60.0,
+    what: str = "condition",
+    debug: Callable[[], str] | None = None,
+) -> T:
+    """Poll until fn returns something truthy; fail with `what` (and debug text) otherwise."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = fn()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            pytest.fail(
+                f"timed out after {timeout:.0f}s waiting for {what}" + (f"\n{debug()}" if debug else "")
+            )
+        time.sleep(0.2)
+
+
+def pod_spec(
+    command: list[str],
+    *,
+    pool: str = "cpu",
+    gpus: int = 0,
+    restart: str = "Never",
+    env: list[dict[str, Any]] | None = None,
+    **extra: Any,
+) -> dict[str, Any]:
+    container: dict[str, Any] = {
+        "name": "main",
+        "image": "paris/trainer:test",
+        "command": command,
+        "env": env or [],
+    }
+    if gpus:
+        container["resources"] = {"limits": {"nvidia.com/gpu": str(gpus)}}
+    container.update(extra)
+    return {
+        "restartPolicy": restart,
+        "nodeSelector": {"pool": pool},
+        "tolerations": FAKE_NODE_TOLERATIONS,
+        "containers": [container],
+    }
+
+
+def job(name: str, spec: dict[str, Any], backoff: int = 0) -> dict[str, Any]:
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {"name": name},
+        "spec": {"backoffLimit": backoff, "template": {"metadata": {"labels": {"app": name}}, "spec": spec}},
+    }
+
+
+def job_condition(cluster: Cluster, ns: str, name: str) -> str | None:
+    j = cluster.batch().read_namespaced_job(name, ns)
+    for c in j.status.conditions or []:
+        if c.type in ("Complete", "Failed") and c.status == "True":
+            return str(c.type)
+    return None
+
+
+def job_pods(cluster: Cluster, ns: str, name: str) -> list[Any]:
+    return list(cluster.core().list_namespaced_pod(ns, label_selector=f"job-name={name}").items)
+
+
+# ---- the apiserver ---------------------------------------------------------------------------
+
+
+def test_kubectl_talks_to_the_built_apiserver_at_the_pinned_version(k8s_cluster: Cluster) -> None:
+    out = json.loads(k8s_cluster.kubectl("version", "-o", "json").stdout)
+    want = pinned("KUBERNETES_VERSION")
+    assert out["serverVersion"]["gitVersion"] == want
+    assert out["clientVersion"]["gitVersion"] == want
+    assert k8s_cluster.version == want
+    # It is our process: the apiserver serves on the port we gave it.
+    assert k8s_cluster.server.endswith(f":{k8s_cluster.ports['apiserver']}")
+
+
+def test_fake_node_pools(k8s_cluster: Cluster) -> None:
+    nodes = {n.metadata.name: n for n in k8s_cluster.core().list_node(label_selector="type=kwok").items}
+    gpus = {name: (n.status.allocatable or {}).get("nvidia.com/gpu", "0") for name, n in nodes.items()}
+    assert gpus == {
+        "kwok-a40-0": "4",
+        "kwok-a40-1": "4",
+        "kwok-h100-0": "8",
+        "kwok-cpu-0": "0",
+        "kwok-cpu-1": "0",
+    }
+    for n in nodes.values():
+        assert n.metadata.annotations["kwok.x-k8s.io/node"] == "fake"
+        taints = {(t.key, t.value, t.effect) for t in n.spec.taints}
+        assert ("kwok.x-k8s.io/node", "fake", "NoSchedule") in taints
+        assert (("nvidia.com/gpu", "present", "NoSchedule") in taints) == (n.metadata.labels["pool"] != "cpu")
+        assert any(c.type == "Ready" and c.status == "True" for c in n.status.conditions)
+
+
+# ---- controller-manager and scheduler --------------------------------------------------------
+
+
+def test_job_gets_a_pod_from_the_controller_manager(k8s_cluster: Cluster, k8s_namespace: str) -> None:
+    ns = k8s_namespace
+    k8s_cluster.batch().create_namespaced_job(ns, job("cm", pod_spec(["sleep", "300"])))
+    pods = eventually(lambda: job_pods(k8s_cluster, ns, "cm"), what="the Job's pod")
+    owner = pods[0].metadata.owner_references[0]
+    assert (owner.kind, owner.name, owner.controller) == ("Job", "cm", True)
+    bound = eventually(
+        lambda: k8s_cluster.core().read_namespaced_pod(pods[0].metadata.name, ns).spec.node_name,
+        what="the pod to be scheduled",
+    )
+    assert bound in k8s_cluster.nodes_in_pool("cpu")
+    # kwok runs the pod but never completes it by itself: that is the pod runner's job.
+    eventually(
+        lambda: k8s_cluster.core().read_namespaced_pod(pods[0].metadata.name, ns).status.phase == "Running",
+        what="kwok to run the pod",
+    )
+    time.sleep(2)
+    assert k8s_cluster.core().read_namespaced_pod(pods[0].metadata.name, ns).status.phase == "Running"
+    assert job_condition(k8s_cluster, ns, "cm") is None
+
+
+def test_scheduler_places_by_pool_and_gpu_capacity(k8s_cluster: Cluster, k8s_namespace: str) -> None:
+    ns, core = k8s_namespace, k8s_cluster.core()
+    core.create_namespaced_pod(
+        ns, {"metadata": {"name": "big"}, "spec": pod_spec(["sleep", "300"], pool="h100", gpus=8)}
+    )
+    # a40 nodes have 4 GPUs each: two 4-GPU pods take one node each, a third cannot fit.
+    for i in range(3):
+        core.create_namespaced_pod(
+            ns, {"metadata": {"name": f"a40-{i}"}, "spec": pod_spec(["sleep", "300"], pool="a40", gpus=4)}
+        )
+
+    def placed() -> dict[str, str | None] | None:
+        pods = {p.metadata.name: p for p in core.list_namespaced_pod(ns).items}
+        pending = pods.get("a40-2")
+        unsched = pending is not None and any(
+            c.type == "PodScheduled" and c.status == "False" for c in pending.status.conditions or []
+        )
+        nodes = {n: p.spec.node_name for n, p in pods.items()}
+        if nodes["big"] and nodes["a40-0"] and nodes["a40-1"] and unsched:
+            return nodes
+        return None
+
+    nodes = eventually(placed, what="scheduling decisions")
+    assert nodes["big"] == "kwok-h100-0"
+    assert {nodes["a40-0"], nodes["a40-1"]} == {"kwok-a40-0", "kwok-a40-1"}
+    assert nodes["a40-2"] is None
+
+
+def test_pod_asking_for_more_gpus_than_any_node_stays_pending(
+    k8s_cluster: Cluster, k8s_namespace: str
+) -> None:
+    ns, core = k8s_namespace, k8s_cluster.core()
+    core.create_namespaced_pod(
+        ns,
+        {"metadata": {"name": "greedy"}, "spec": {**pod_spec(["sleep", "1"], gpus=16), "nodeSelector": {}}},
+    )
+
+    def condition() -> Any:
+        pod = core.read_namespaced_pod("greedy", ns)
+        return next((c for c in pod.status.conditions or [] if c.type == "PodScheduled"), None)
+
+    cond = eventually(condition, what="PodScheduled condition")
+    assert cond.status == "False"
+    assert cond.reason == "Unschedulable"
+    assert "nvidia.com/gpu" in cond.message
+    time.sleep(2)
+    pod = core.read_namespaced_pod("greedy", ns)
+    assert pod.status.phase == "Pending" and not pod.spec.node_name
+
+
+# ---- the pod runner --------------------------------------------------------------------------
+
+
+def test_failing_job_reports_the_real_exit_code(
+    k8s_cluster: Cluster, k8s_namespace: str, pod_runner: PodRunner
+) -> None:
+    ns = k8s_namespace
+    k8s_cluster.batch().create_namespaced_job(
+        ns, job("fails", pod_spec(["python", "-c", "import sys; print('bye'); sys.exit(3)"]))
+    )
+    state = eventually(
+        lambda: job_condition(k8s_cluster, ns, "fails"), what="Job to finish", debug=pod_runner.describe
+    )
+    assert state == "Failed"
+    pod = job_pods(k8s_cluster, ns, "fails")[0]
+    assert pod.status.phase == "Failed"
+    terminated = pod.status.container_statuses[0].state.terminated
+    assert terminated.exit_code == 3
+    assert terminated.reason == "Error"
+    rec = pod_runner.find(pod.metadata.name, ns)
+    assert rec is not None and rec.exit_code == 3
+    assert "bye" in rec.stdout_path.read_text()
+
+
+def test_succeeding_job_gets_secret_configmap_and_overrides(
+    k8s_cluster: Cluster, k8s_namespace: str, pod_runner: PodRunner, minio_server: MinioServer
+) -> None:
+    ns, core = k8s_namespace, k8s_cluster.core()
+    core.create_namespaced_secret(
+        ns,
+        {
+            "metadata": {"name": "creds"},
+            "stringData": {"access": minio_server.access_key, "secret": minio_server.secret_key},
+        },
+    )
+    core.create_namespaced_config_map(ns, {"metadata": {"name": "cfg"}, "data": {"bucket": "b"}})
+    bucket = minio_server.make_bucket()
+    env: list[dict[str, Any]] = [
+        {"name": "ACCESS", "valueFrom": {"secretKeyRef": {"name": "creds", "key": "access"}}},
+        {"name": "SECRET", "valueFrom": {"secretKeyRef": {"name": "creds", "key": "secret"}}},
+        {"name": "CFG_BUCKET", "valueFrom": {"configMapKeyRef": {"name": "cfg", "key": "bucket"}}},
+        {"name": "POD", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+        {"name": "GREETING", "value": "hello from $(POD)"},
+        # Points nowhere in a real cluster; the test's override aims it at the test MinIO.
+        {"name": "PARIS_S3_ENDPOINT", "value": "http://minio.paris.svc:9000"},
+        {"name": "BUCKET", "value": "placeholder"},
+    ]
+    script = (
+        "import io, os\n"
+        "from minio import Minio\n"
+        "assert os.environ['CFG_BUCKET'] == 'b'\n"
+        "print(os.environ['GREETING'])\n"
+        "host = os.environ['PARIS_S3_ENDPOINT'].removeprefix('http://')\n"
+        "c = Minio(host, access_key=os.environ['ACCESS'], secret_key=os.environ['SECRET'], secure=False)\n"
+        "data = os.environ['POD'].encode()\n"
+        "c.put_object(os.environ['BUCKET'], 'hello.txt', io.BytesIO(data), len(data))\n"
+    )
+    pod_runner.env.update({"PARIS_S3_ENDPOINT": minio_server.url, "BUCKET": bucket})
+    k8s_cluster.batch().create_namespaced_job(
+        ns, job("works", pod_spec(["/opt/venv/bin/python", "-c", script], env=env))
+    )
+    state = eventually(
+        lambda: job_condition(k8s_cluster, ns, "works"), what="Job to finish", debug=pod_runner.describe
+    )
+    assert state == "Complete", pod_runner.describe()
+    pod = job_pods(k8s_cluster, ns, "works")[0]
+    assert pod.status.phase == "Succeeded"
+    assert pod.status.container_statuses[0].state.terminated.exit_code == 0
+    assert f"hello from {pod.metadata.name}" in pod_runner.logs(pod.metadata.name, ns)
+    obj = minio_server.client().get_object(bucket, "hello.txt")
+    try:
+        assert obj.read().decode() == pod.metadata.name
+    finally:
+        obj.close()
+        obj.release_conn()
+
+
+def test_missing_secret_keeps_the_container_waiting_until_it_exists(
+    k8s_cluster: Cluster, k8s_namespace: str, pod_runner: PodRunner
+) -> None:
+    ns, core = k8s_namespace, k8s_cluster.core()
+    env = [{"name": "X", "valueFrom": {"secretKeyRef": {"name": "late", "key": "k"}}}]
+    cmd = ["python", "-c", "import os, sys; sys.exit(0 if os.environ['X'] == 'v' else 1)"]
+    k8s_cluster.batch().create_namespaced_job(ns, job("late", pod_spec(cmd, env=env)))
+
+    def waiting_reason() -> str | None:
+        pods = job_pods(k8s_cluster, ns, "late")
+        statuses = pods[0].status.container_statuses if pods else None
+        waiting = statuses[0].state.waiting if statuses else None
+        return waiting.reason if waiting else None
+
+    reason = eventually(
+        waiting_reason, what="the container to wait for its Secret", debug=pod_runner.describe
+    )
+    assert reason == "CreateContainerConfigError"
+    assert job_condition(k8s_cluster, ns, "late") is None
+    core.create_namespaced_secret(ns, {"metadata": {"name": "late"}, "stringData": {"k": "v"}})
+    state = eventually(
+        lambda: job_condition(k8s_cluster, ns, "late"), what="Job to finish", debug=pod_runner.describe
+    )
+    assert state == "Complete"
+
+
+def test_http_deployment_is_reachable_and_stops_with_its_pod(
+    k8s_cluster: Cluster, k8s_namespace: str, pod_runner: PodRunner
+) -> None:
+    ns = k8s_namespace
+    spec = pod_spec(
+        ["python", "-m", "http.server", "$(PORT)", "--bind", "127.0.0.1"],
+        pool="a40",
+        gpus=1,
+        restart="Always",
+        env=[{"name": "PORT", "value": "8000"}],
+        ports=[{"containerPort": 8000, "name": "http"}],
+        readinessProbe={"httpGet": {"path": "/", "port": "http"}, "periodSeconds": 1},
+    )
+    deployment = {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": "web"},
+        "spec": {
+            "replicas": 1,
+            "selector": {"matchLabels": {"app": "web"}},
+            "template": {"metadata": {"labels": {"app": "web"}}, "spec": spec},
+        },
+    }
+    apps = k8s_cluster.apps()
+    apps.create_namespaced_deployment(ns, deployment)
+    url = pod_runner.url_for_selector("app=web", ns, timeout=60)
+    with urllib.request.urlopen(url + "/", timeout=5) as r:
+        assert r.status == 200
+        assert r.headers["Server"].startswith("SimpleHTTP")
+    # The Deployment becomes available only once the readiness probe passed on the process.
+    eventually(
+        lambda: (apps.read_namespaced_deployment("web", ns).status.available_replicas or 0) == 1,
+        what="Deployment available",
+        debug=pod_runner.describe,
+    )
+    pod = k8s_cluster.core().list_namespaced_pod(ns, label_selector="app=web").items[0]
+    rec = pod_runner.find(pod.metadata.name, ns)
+    assert rec is not None and rec.url == url and rec.port != 8000
+    apps.delete_namespaced_deployment("web", ns, propagation_policy="Foreground")
+    eventually(
+        lambda: not port_open(rec.port) and rec.proc is not None and rec.proc.poll() is not None,
+        what="the server process to stop with its pod",
+        debug=pod_runner.describe,
+    )
+
+
+# ---- teardown --------------------------------------------------------------------------------
+
+
+def test_cluster_teardown_leaves_no_process_or_port(tmp_path: Path) -> None:
+    with start_cluster(tmp_path, pools=(Pool("cpu", count=1, gpus=0),), crd_dir=None) as cluster:
+        ports = dict(cluster.ports)
+        procs = list(cluster.processes.values())
+        assert not [name for name, p in ports.items() if not port_open(p)]
+        assert all(p.alive() for p in procs)
+    assert not [name for name, p in ports.items() if port_open(p)]
+    assert not [p.name for p in procs if p.alive()]
+    with pytest.raises(Exception):  # noqa: B017 - any connection error will do
+        urllib.request.urlopen(cluster.server + "/readyz", timeout=2)
+
+
+def test_api_rejects_unknown_token(k8s_cluster: Cluster) -> None:
+    import ssl
+
+    req = urllib.request.Request(
+        k8s_cluster.server + "/api/v1/namespaces", headers={"Authorization": "Bearer not-the-token"}
+    )
+    ctx = ssl.create_default_context(cafile=str(k8s_cluster.ca_file))
+    with pytest.raises(urllib.error.HTTPError) as e:
+        urllib.request.urlopen(req, timeout=5, context=ctx)
+    assert e.value.code == 401
+    with pytest.raises(ApiException):
+        k8s_cluster.core().read_namespace("does-not-exist")

@@ -1,0 +1,662 @@
+"""The kubelet stand-in: runs pods bound to fake kwok nodes as local processes.
+
+kwok makes pods Running but executes nothing. The pod runner watches pods on fake nodes and,
+once kwok has marked one Running, runs its first container's command + args with the
+container's resolved environment as a local process, then reports the process's real exit
+code in the pod status (phase Succeeded/Failed, containerStatuses[].state.terminated). The
+Job/ReplicaSet controllers take it from there, exactly as with a real kubelet.
+
+What is emulated of a container, and what is not:
+- env / envFrom, including Secret and ConfigMap references read from the API, fieldRef and
+  resourceFieldRef; `$(VAR)` references in env values, command and args are expanded.
+- PATH is the test process's (with the running interpreter's bin dir first), so commands of
+  the project's venv (`paris`, `python`) are found; an absolute command path that does not
+  exist locally falls back to its basename on PATH. HOME is the test process's.
+- Each pod gets a free loopback port in env PORT and PARIS_SERVE_PORT (they override the
+  pod's own values); a server must listen on it. `url_for()` finds it.
+- restartPolicy: Never ends the pod with the exit code; OnFailure restarts on non-zero;
+  Always restarts on any exit (restartCount and lastState are reported).
+- readinessProbe httpGet/tcpSocket/exec is probed against the local process (the probe's
+  port is mapped to PORT) and the pod turns Ready when it passes; without a probe the pod is
+  Ready as soon as kwok runs it.
+- Not emulated: images (no ENTRYPOINT: `command` is required), volumes and mount paths,
+  init containers, containers after the first (they are reported terminated with the pod).
+- stdout/stderr of every run go to files under the runner's workdir; see `logs()`.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import math
+import os
+import re
+import shutil
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from kubernetes import client as k8s
+from kubernetes import watch as k8s_watch
+from kubernetes.client.exceptions import ApiException
+from kubernetes.utils import parse_quantity
+
+from tests.servers.cluster import FAKE_NODE_ANNOTATION, Cluster
+from tests.servers.procs import free_port, kill_group, port_open
+
+# Variables of the test process a container may need locally (offline hub flags, locale,
+# BLAS quirks of this machine). Everything else of the test environment stays out.
+PASSTHROUGH = (
+    "HOME",
+    "LANG",
+    "LC_ALL",
+    "TMPDIR",
+    "TZ",
+    "VIRTUAL_ENV",
+    "PARIS_CACHE",
+    "HF_HUB_OFFLINE",
+    "TRANSFORMERS_OFFLINE",
+    "HF_DATASETS_OFFLINE",
+    "HF_HOME",
+    "OPENBLAS_CORETYPE",
+    "OPENBLAS_L2_SIZE",
+    "OMP_NUM_THREADS",
+)
+
+
+class PodStartError(Exception):
+    """The pod cannot be run locally (no command, missing Secret, ...)."""
+
+
+@dataclass
+class PodProcess:
+    """One pod played by a local process (restarts reuse the record)."""
+
+    namespace: str
+    name: str
+    uid: str
+    node: str
+    port: int
+    workdir: Path
+    argv: list[str] = field(default_factory=list)
+    env: dict[str, str] = field(default_factory=dict)
+    pid: int | None = None
+    exit_code: int | None = None  # of the last run
+    restarts: int = 0
+    finished: bool = False  # terminal status reported (or pod gone)
+    error: str | None = None  # why it could not start
+    ready: bool = False
+    proc: subprocess.Popen[bytes] | None = field(default=None, repr=False)
+    stop_requested: threading.Event = field(default_factory=threading.Event, repr=False)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def stdout_path(self) -> Path:
+        return self.workdir / "stdout.log"
+
+    @property
+    def stderr_path(self) -> Path:
+        return self.workdir / "stderr.log"
+
+    def logs(self) -> str:
+        """stdout then stderr of every run of this pod."""
+        out = self.stdout_path.read_text(errors="replace") if self.stdout_path.exists() else ""
+        err = self.stderr_path.read_text(errors="replace") if self.stderr_path.exists() else ""
+        return f"--- stdout ---\n{out}--- stderr ---\n{err}"
+
+
+def _now() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+_REF = re.compile(r"\$\$|\$\(([A-Za-z_][A-Za-z0-9_.\-]*)\)")
+
+
+def expand(value: str, env: Mapping[str, str]) -> str:
+    """Kubernetes `$(VAR)` expansion: defined references are replaced, `$$` escapes a `$`,
+    undefined references stay as written."""
+
+    def sub(m: re.Match[str]) -> str:
+        if m.group(0) == "$$":
+            return "$"
+        name = m.group(1)
+        return env[name] if name in env else m.group(0)
+
+    return _REF.sub(sub, value)
+
+
+def _field_path(pod: dict[str, Any], path: str) -> str:
+    meta, spec, status = pod["metadata"], pod["spec"], pod.get("status") or {}
+    m = re.fullmatch(r"metadata\.(labels|annotations)\['(.+)'\]", path)
+    if m:
+        return str((meta.get(m.group(1)) or {}).get(m.group(2), ""))
+    simple = {
+        "metadata.name": meta.get("name"),
+        "metadata.namespace": meta.get("namespace"),
+        "metadata.uid": meta.get("uid"),
+        "spec.nodeName": spec.get("nodeName"),
+        "spec.serviceAccountName": spec.get("serviceAccountName"),
+        "status.podIP": status.get("podIP"),
+        "status.hostIP": status.get("hostIP"),
+    }
+    if path not in simple:
+        raise PodStartError(f"fieldRef {path} is not supported by the pod runner")
+    return str(simple[path] or "")
+
+
+def _resource_field(container: dict[str, Any], ref: dict[str, Any]) -> str:
+    kind, _, res = ref["resource"].partition(".")
+    value = ((container.get("resources") or {}).get(kind) or {}).get(res)
+    if value is None:
+        return "0"
+    divisor = parse_quantity(ref.get("divisor") or "1")
+    return str(math.ceil(parse_quantity(value) / divisor))
+
+
+class PodRunner:
+    """Watches pods on fake nodes and plays their containers with local processes.
+
+    `env` holds overrides applied last to every process started after they are set (e.g.
+    ``{"PARIS_S3_ENDPOINT": minio.url}``); the `pod_runner` fixture clears them after each test.
+    """
+
+    def __init__(self, cluster: Cluster, workdir: Path, stop_grace: float = 5.0) -> None:
+        self.cluster = cluster
+        self.workdir = workdir
+        self.stop_grace = stop_grace
+        self.env: dict[str, str] = {}
+        self._api = cluster.api_client()
+        self._core: Any = k8s.CoreV1Api(self._api)
+        self._lock = threading.RLock()
+        self._pods: dict[str, PodProcess] = {}  # by uid
+        self._fake_nodes: set[str] = set()
+        self._stopping = threading.Event()
+        self._watcher = threading.Thread(target=self._watch_loop, name="pod-runner-watch", daemon=True)
+        self._threads: list[threading.Thread] = []
+        self.errors: list[str] = []  # problems of the runner itself, for debugging
+
+    # ---- lifecycle -------------------------------------------------------------------------
+
+    def start(self) -> PodRunner:
+        self._watcher.start()
+        return self
+
+    def stop(self) -> None:
+        """Stop watching and kill every process (whole process groups)."""
+        self._stopping.set()
+        with self._lock:
+            records = list(self._pods.values())
+        for rec in records:
+            rec.stop_requested.set()
+            if rec.proc is not None:
+                kill_group(rec.proc, self.stop_grace)
+        self._watcher.join(timeout=15)
+        for t in self._threads:
+            t.join(timeout=15)
+        self._api.close()
+
+    @contextlib.contextmanager
+    def overrides(self, env: Mapping[str, str]) -> Iterator[None]:
+        """Apply env overrides for the duration of a block."""
+        saved = dict(self.env)
+        self.env.update(env)
+        try:
+            yield
+        finally:
+            self.env.clear()
+            self.env.update(saved)
+
+    # ---- queries for tests -----------------------------------------------------------------
+
+    def processes(self) -> list[PodProcess]:
+        with self._lock:
+            return list(self._pods.values())
+
+    def find(self, name: str, namespace: str = "default") -> PodProcess | None:
+        """The newest record of a pod by name (a recreated pod has a new uid)."""
+        with self._lock:
+            recs = [r for r in self._pods.values() if r.name == name and r.namespace == namespace]
+        return recs[-1] if recs else None
+
+    def wait_for(self, name: str, namespace: str = "default", timeout: float = 60.0) -> PodProcess:
+        """Wait until the pod runner has started the pod's process."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            rec = self.find(name, namespace)
+            if rec is not None and (rec.pid is not None or rec.error):
+                return rec
+            time.sleep(0.1)
+        raise TimeoutError(f"pod runner never started {namespace}/{name}\n{self.describe()}")
+
+    def url_for(self, name: str, namespace: str = "default", timeout: float = 60.0) -> str:
+        """http://127.0.0.1:PORT of a pod's process, once something listens on PORT."""
+        rec = self.wait_for(name, namespace, timeout)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if rec.error:
+                raise RuntimeError(f"{namespace}/{name} could not start: {rec.error}")
+            if port_open(rec.port):
+                return rec.url
+            if rec.finished:
+                break
+            time.sleep(0.1)
+        raise TimeoutError(f"{namespace}/{name} is not listening on {rec.port}\n{rec.logs()}")
+
+    def url_for_selector(self, label_selector: str, namespace: str = "default", timeout: float = 60.0) -> str:
+        """URL of the first running pod matching a label selector (e.g. a Deployment's pods)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            pods = self._core.list_namespaced_pod(namespace, label_selector=label_selector).items
+            for pod in pods:
+                rec = self.find(pod.metadata.name, namespace)
+                if rec is not None and rec.pid is not None and not rec.finished and port_open(rec.port):
+                    return rec.url
+            time.sleep(0.2)
+        raise TimeoutError(f"no pod matching {label_selector!r} in {namespace} serves\n{self.describe()}")
+
+    def logs(self, name: str, namespace: str = "default") -> str:
+        rec = self.find(name, namespace)
+        return rec.logs() if rec else f"(no process for {namespace}/{name})"
+
+    def describe(self) -> str:
+        """Every process with its state and log tail: put it in assertion messages."""
+        lines = [f"pod runner errors: {self.errors}" if self.errors else "pod runner: no errors"]
+        for r in self.processes():
+            lines.append(
+                f"{r.namespace}/{r.name} node={r.node} pid={r.pid} exit={r.exit_code} "
+                f"restarts={r.restarts} finished={r.finished} error={r.error} argv={r.argv}"
+            )
+            tail = "\n".join(r.logs().splitlines()[-20:])
+            lines.append("    " + tail.replace("\n", "\n    "))
+        return "\n".join(lines)
+
+    # ---- watching --------------------------------------------------------------------------
+
+    def _refresh_nodes(self) -> None:
+        key, value = next(iter(FAKE_NODE_ANNOTATION.items()))
+        nodes = self._core.list_node().items
+        self._fake_nodes = {
+            n.metadata.name for n in nodes if (n.metadata.annotations or {}).get(key) == value
+        }
+
+    def _watch_loop(self) -> None:
+        """List, then watch from that resourceVersion for a few seconds; repeat. The relist
+        makes a missed or expired watch harmless."""
+        while not self._stopping.is_set():
+            try:
+                self._refresh_nodes()
+                listing = self._core.list_pod_for_all_namespaces()
+                for pod in listing.items:
+                    self._handle("MODIFIED", self._api.sanitize_for_serialization(pod))
+                w = k8s_watch.Watch()
+                for ev in w.stream(
+                    self._core.list_pod_for_all_namespaces,
+                    resource_version=listing.metadata.resource_version,
+                    timeout_seconds=3,
+                ):
+                    if ev["type"] in ("ADDED", "MODIFIED", "DELETED"):
+                        self._handle(ev["type"], ev["raw_object"])
+                    if self._stopping.is_set():
+                        w.stop()
+            except Exception as e:
+                if not self._stopping.is_set():
+                    self.errors.append(f"watch: {e!r}")
+                    time.sleep(0.5)
+
+    def _handle(self, kind: str, pod: dict[str, Any]) -> None:
+        meta, spec, status = pod["metadata"], pod.get("spec") or {}, pod.get("status") or {}
+        uid = meta["uid"]
+        with self._lock:
+            rec = self._pods.get(uid)
+        if kind == "DELETED" or meta.get("deletionTimestamp"):
+            if rec is not None and not rec.stop_requested.is_set():
+                rec.stop_requested.set()
+                rec.finished = True
+                if rec.proc is not None:
+                    # Off the watch thread: a slow-dying process must not stall the watch.
+                    threading.Thread(target=kill_group, args=(rec.proc, self.stop_grace), daemon=True).start()
+            return
+        if rec is not None or self._stopping.is_set():
+            return
+        node = spec.get("nodeName")
+        if not node or status.get("phase") != "Running":
+            return  # not yet bound, or kwok has not run it yet
+        if node not in self._fake_nodes:
+            self._refresh_nodes()
+            if node not in self._fake_nodes:
+                return
+        d = self.workdir / f"{meta['namespace']}_{meta['name']}_{uid[:8]}"
+        d.mkdir(parents=True, exist_ok=True)
+        rec = PodProcess(meta["namespace"], meta["name"], uid, node, free_port(), d)
+        with self._lock:
+            self._pods[uid] = rec
+        t = threading.Thread(target=self._supervise, args=(rec, pod), name=f"pod-{meta['name']}", daemon=True)
+        self._threads.append(t)
+        t.start()
+
+    # ---- one pod ---------------------------------------------------------------------------
+
+    def _resolve_env(self, pod: dict[str, Any], container: dict[str, Any], rec: PodProcess) -> dict[str, str]:
+        ns = rec.namespace
+        env: dict[str, str] = {k: os.environ[k] for k in PASSTHROUGH if k in os.environ}
+
+        def lookup(kind: str, name: str, key: str | None, optional: bool) -> dict[str, str] | str | None:
+            try:
+                if kind == "secret":
+                    obj = self._core.read_namespaced_secret(name, ns)
+                    data = {k: base64.b64decode(v).decode() for k, v in (obj.data or {}).items()}
+                else:
+                    cm = self._core.read_namespaced_config_map(name, ns)
+                    data = dict(cm.data or {})
+            except ApiException as e:
+                if e.status == 404 and optional:
+                    return None
+                raise PodStartError(f"{kind} {ns}/{name}: {e.status} {e.reason}") from e
+            if key is None:
+                return data
+            if key not in data:
+                if optional:
+                    return None
+                raise PodStartError(f"{kind} {ns}/{name} has no key {key!r}")
+            return data[key]
+
+        for src in container.get("envFrom") or []:
+            prefix = src.get("prefix", "")
+            ref, kind = (
+                (src["secretRef"], "secret") if "secretRef" in src else (src["configMapRef"], "configmap")
+            )
+            data = lookup(kind, ref["name"], None, bool(ref.get("optional")))
+            if isinstance(data, dict):
+                env.update({prefix + k: v for k, v in data.items()})
+        for var in container.get("env") or []:
+            name = var["name"]
+            if "valueFrom" not in var:
+                env[name] = expand(var.get("value", ""), env)
+                continue
+            vf = var["valueFrom"]
+            value: str | dict[str, str] | None
+            if "secretKeyRef" in vf or "configMapKeyRef" in vf:
+                ref, kind = (
+                    (vf["secretKeyRef"], "secret")
+                    if "secretKeyRef" in vf
+                    else (vf["configMapKeyRef"], "configmap")
+                )
+                value = lookup(kind, ref["name"], ref["key"], bool(ref.get("optional")))
+            elif "fieldRef" in vf:
+                value = _field_path(pod, vf["fieldRef"]["fieldPath"])
+            elif "resourceFieldRef" in vf:
+                value = _resource_field(container, vf["resourceFieldRef"])
+            else:
+                raise PodStartError(f"env {name}: unsupported valueFrom {sorted(vf)}")
+            if isinstance(value, str):
+                env[name] = value
+        # What makes a local process of the pod: our PATH, our port, the test's overrides.
+        path = os.environ.get("PATH", "/usr/bin:/bin")
+        env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{path}"
+        env["HOSTNAME"] = rec.name
+        env["PORT"] = env["PARIS_SERVE_PORT"] = str(rec.port)
+        env.update(self.env)
+        return env
+
+    def _argv(self, container: dict[str, Any], env: dict[str, str]) -> list[str]:
+        command = list(container.get("command") or [])
+        if not command:
+            raise PodStartError(
+                f"container {container['name']!r} has no `command`: image entrypoints are unknown "
+                "to the pod runner, so manifests must spell the command out"
+            )
+        argv = [expand(a, env) for a in command + list(container.get("args") or [])]
+        exe = argv[0]
+        if os.sep in exe and not os.access(exe, os.X_OK):
+            local = shutil.which(os.path.basename(exe), path=env["PATH"])
+            if local:
+                argv[0] = local
+        return argv
+
+    def _supervise(self, rec: PodProcess, pod: dict[str, Any]) -> None:
+        try:
+            self._run_pod(rec, pod)
+        except Exception as e:  # never let a runner bug pass silently: it shows in describe()
+            self.errors.append(f"{rec.namespace}/{rec.name}: {e!r}")
+            rec.error = rec.error or repr(e)
+
+    def _run_pod(self, rec: PodProcess, pod: dict[str, Any]) -> None:
+        spec = pod["spec"]
+        containers = spec["containers"]
+        container = containers[0]
+        policy = spec.get("restartPolicy", "Always")
+        # Like the kubelet: a missing Secret/ConfigMap keeps the container waiting in
+        # CreateContainerConfigError and is retried until it appears or the pod goes away.
+        while True:
+            try:
+                env = self._resolve_env(pod, container, rec)
+                break
+            except PodStartError as e:
+                if rec.error != str(e):
+                    rec.error = str(e)
+                    with open(rec.stderr_path, "a") as f:
+                        f.write(f"pod runner: {e}\n")
+                    waiting = {"waiting": {"reason": "CreateContainerConfigError", "message": str(e)}}
+                    self._patch_status(
+                        rec,
+                        {
+                            "conditions": [
+                                {"type": "ContainersReady", "status": "False"},
+                                {"type": "Ready", "status": "False"},
+                            ],
+                            "containerStatuses": self._container_statuses(pod, rec, waiting, ready=False),
+                        },
+                    )
+                if rec.stop_requested.wait(1.0):
+                    return
+        rec.error = None
+        try:
+            argv = self._argv(container, env)
+        except PodStartError as e:
+            # A limit of the pod runner, not of the pod: fail fast and say why.
+            rec.error = str(e)
+            rec.stderr_path.write_text(f"pod runner: {e}\n")
+            self._report_terminated(rec, pod, 128, "StartError", str(e), failed=True)
+            return
+        rec.argv, rec.env = argv, env
+        cwd = container.get("workingDir")
+        cwd_path = Path(cwd) if cwd and Path(cwd).is_dir() else rec.workdir
+        last: dict[str, Any] | None = None
+        while not rec.stop_requested.is_set():
+            started = _now()
+            with open(rec.stdout_path, "ab") as out, open(rec.stderr_path, "ab") as err:
+                try:
+                    rec.proc = subprocess.Popen(
+                        argv,
+                        env=env,
+                        cwd=cwd_path,
+                        stdin=subprocess.DEVNULL,
+                        stdout=out,
+                        stderr=err,
+                        start_new_session=True,
+                    )
+                except OSError as e:
+                    rec.error = f"cannot exec {argv[0]}: {e}"
+                    err.write(f"pod runner: {rec.error}\n".encode())
+                    self._report_terminated(
+                        rec,
+                        pod,
+                        127 if isinstance(e, FileNotFoundError) else 126,
+                        "StartError",
+                        rec.error,
+                        failed=True,
+                    )
+                    return
+            rec.pid = rec.proc.pid
+            probe = threading.Thread(
+                target=self._probe_ready, args=(rec, pod, container, started), daemon=True
+            )
+            probe.start()
+            code = rec.proc.wait()
+            if code < 0:  # killed by a signal: report it as a shell/kubelet would
+                code = 128 - code
+            rec.exit_code = code
+            rec.ready = False
+            if rec.stop_requested.is_set():
+                return  # the pod is gone or the runner stops: nothing to report
+            restart = policy == "Always" or (policy == "OnFailure" and code != 0)
+            if not restart:
+                reason = "Completed" if code == 0 else "Error"
+                self._report_terminated(rec, pod, code, reason, "", failed=code != 0, started=started)
+                return
+            rec.restarts += 1
+            last = {
+                "terminated": {
+                    "exitCode": code,
+                    "reason": "Error" if code else "Completed",
+                    "startedAt": started,
+                    "finishedAt": _now(),
+                }
+            }
+            self._patch_status(
+                rec,
+                {
+                    "containerStatuses": self._container_statuses(
+                        pod, rec, {"running": {"startedAt": _now()}}, ready=False, last=last
+                    )
+                },
+            )
+            # Crash-loop back-off, short: these are tests.
+            rec.stop_requested.wait(min(10.0, 0.5 * 2 ** min(rec.restarts, 5)))
+
+    def _probe_ready(
+        self, rec: PodProcess, pod: dict[str, Any], container: dict[str, Any], started: str
+    ) -> None:
+        probe = container.get("readinessProbe")
+        if not probe:
+            rec.ready = True
+            return
+        proc = rec.proc
+        time.sleep(float(probe.get("initialDelaySeconds", 0)))
+        period = min(float(probe.get("periodSeconds", 10)), 1.0)
+        while proc is not None and proc.poll() is None and not rec.stop_requested.is_set():
+            if self._probe_once(rec, probe):
+                rec.ready = True
+                now = _now()
+                self._patch_status(
+                    rec,
+                    {
+                        "conditions": [
+                            {"type": "ContainersReady", "status": "True", "lastTransitionTime": now},
+                            {"type": "Ready", "status": "True", "lastTransitionTime": now},
+                        ],
+                        "containerStatuses": self._container_statuses(
+                            pod, rec, {"running": {"startedAt": started}}, ready=True
+                        ),
+                    },
+                )
+                return
+            time.sleep(period)
+
+    def _probe_once(self, rec: PodProcess, probe: dict[str, Any]) -> bool:
+        timeout = float(probe.get("timeoutSeconds", 1))
+        with contextlib.suppress(Exception):
+            if "httpGet" in probe:
+                path = probe["httpGet"].get("path", "/")
+                with urllib.request.urlopen(f"{rec.url}{path}", timeout=timeout) as r:
+                    return 200 <= r.status < 400
+            if "tcpSocket" in probe:
+                return port_open(rec.port)
+            if "exec" in probe:
+                cmd = [expand(a, rec.env) for a in probe["exec"]["command"]]
+                res = subprocess.run(
+                    cmd, env=rec.env, cwd=rec.workdir, capture_output=True, timeout=max(timeout, 5.0)
+                )
+                return res.returncode == 0
+        return False
+
+    # ---- status ----------------------------------------------------------------------------
+
+    def _container_statuses(
+        self,
+        pod: dict[str, Any],
+        rec: PodProcess,
+        state: dict[str, Any],
+        ready: bool,
+        last: dict[str, Any] | None = None,
+    ) -> list[dict[str, Any]]:
+        """containerStatuses with `state` for the first container; the others share the pod's fate."""
+        out = []
+        for i, c in enumerate(pod["spec"]["containers"]):
+            s: dict[str, Any] = {
+                "name": c["name"],
+                "image": c.get("image", ""),
+                "imageID": "",
+                "ready": ready,
+                "restartCount": rec.restarts if i == 0 else 0,
+                "started": "running" in state,
+                "state": state,
+            }
+            if i == 0 and last:
+                s["lastState"] = last
+            if i > 0 and "terminated" in state:
+                s["state"] = {"terminated": {**state["terminated"], "exitCode": 0, "reason": "Completed"}}
+            out.append(s)
+        return out
+
+    def _report_terminated(
+        self,
+        rec: PodProcess,
+        pod: dict[str, Any],
+        code: int,
+        reason: str,
+        message: str,
+        failed: bool,
+        started: str | None = None,
+    ) -> None:
+        now = _now()
+        terminated: dict[str, Any] = {
+            "exitCode": code,
+            "reason": reason,
+            "startedAt": started or now,
+            "finishedAt": now,
+        }
+        if message:
+            terminated["message"] = message[:1000]
+        body = {
+            "phase": "Failed" if failed else "Succeeded",
+            "conditions": [
+                {
+                    "type": "ContainersReady",
+                    "status": "False",
+                    "reason": "PodCompleted",
+                    "lastTransitionTime": now,
+                },
+                {"type": "Ready", "status": "False", "reason": "PodCompleted", "lastTransitionTime": now},
+            ],
+            "containerStatuses": self._container_statuses(pod, rec, {"terminated": terminated}, ready=False),
+        }
+        self._patch_status(rec, body)
+        rec.finished = True
+
+    def _patch_status(self, rec: PodProcess, status: dict[str, Any]) -> None:
+        for attempt in range(5):
+            try:
+                self._core.patch_namespaced_pod_status(
+                    rec.name,
+                    rec.namespace,
+                    {"status": status},
+                    _content_type="application/strategic-merge-patch+json",
+                )
+                return
+            except ApiException as e:
+                if e.status == 404:
+                    return  # deleted meanwhile
+                if attempt == 4:
+                    raise
+                time.sleep(0.2 * (attempt + 1))
