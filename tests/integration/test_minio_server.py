@@ -5,14 +5,19 @@ from __future__ import annotations
 
 import io
 import json
+import os
+import subprocess
+import sys
+import time
 import urllib.request
 from pathlib import Path
 
+import pytest
 from minio.credentials import StaticProvider
 from minio.minioadmin import MinioAdmin
 
 from tests.servers.minio import MinioServer, start_minio
-from tests.servers.procs import port_open
+from tests.servers.procs import binary, port_open
 
 
 def _get(url: str) -> tuple[int, dict[str, str]]:
@@ -76,3 +81,49 @@ def test_teardown_closes_ports_and_kills_process(tmp_path: Path) -> None:
     assert not port_open(server.port)
     assert not port_open(server.console_port)
     assert server.process.proc.poll() is not None, f"minio pid {pid} still running"
+
+
+def test_servers_die_with_a_killed_test_process(tmp_path: Path) -> None:
+    """A pytest killed outright (a CI time-out) must not leave a server behind."""
+    script = (
+        "import sys, time\n"
+        "from pathlib import Path\n"
+        "from tests.servers.minio import start_minio\n"
+        "with start_minio(Path(sys.argv[1])) as s:\n"
+        "    print(s.port, s.process.pid, flush=True)\n"
+        "    time.sleep(600)\n"
+    )
+    parent = subprocess.Popen(
+        [sys.executable, "-c", script, str(tmp_path)],
+        stdout=subprocess.PIPE,
+        cwd=Path(__file__).resolve().parents[2],
+        text=True,
+    )
+    try:
+        assert parent.stdout is not None
+        port, pid = (int(x) for x in parent.stdout.readline().split())
+        assert port_open(port)
+    finally:
+        parent.kill()
+        parent.wait()
+    deadline = time.monotonic() + 10
+    while (port_open(port) or _alive(pid)) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not port_open(port)
+    assert not _alive(pid)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie is dead: its parent is gone, init reaps it.
+    stat = Path(f"/proc/{pid}/stat")
+    return stat.exists() and stat.read_text().split()[2] != "Z"
+
+
+def test_missing_binary_fails_with_the_build_command(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PARIS_TEST_BIN", str(tmp_path))
+    with pytest.raises(pytest.fail.Exception, match=r"scripts/test-infra build"):
+        binary("minio")

@@ -122,9 +122,7 @@ class Cluster:
         """AppsV1Api on a fresh ApiClient."""
         return k8s.AppsV1Api(self.api_client())
 
-    def kubectl(
-        self, *args: str, check: bool = True, input: str | None = None
-    ) -> subprocess.CompletedProcess[str]:
+    def kubectl(self, *args: str, check: bool = True, input: str | None = None) -> subprocess.CompletedProcess[str]:
         """Run the built kubectl against this cluster; raises with its stderr on failure."""
         argv = [binary("kubectl"), f"--kubeconfig={self.kubeconfig}", *args]
         res = subprocess.run(argv, capture_output=True, text=True, input=input, timeout=120)
@@ -213,9 +211,7 @@ def write_kubeconfig(path: Path, server: str, ca_file: Path, token: str) -> None
     cfg = {
         "apiVersion": "v1",
         "kind": "Config",
-        "clusters": [
-            {"name": "paris-test", "cluster": {"server": server, "certificate-authority": str(ca_file)}}
-        ],
+        "clusters": [{"name": "paris-test", "cluster": {"server": server, "certificate-authority": str(ca_file)}}],
         "users": [{"name": "admin", "user": {"token": token}}],
         "contexts": [{"name": "paris-test", "context": {"cluster": "paris-test", "user": "admin"}}],
         "current-context": "paris-test",
@@ -274,8 +270,7 @@ def start_cluster(
     """Start the control plane in `workdir`, create the fake nodes, apply the CRDs; on exit
     stop every process (reverse order, whole process groups)."""
     exes = {
-        n: binary(n)
-        for n in ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok", "kubectl")
+        n: binary(n) for n in ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok", "kubectl")
     }
     workdir.mkdir(parents=True, exist_ok=True)
     pki = workdir / "pki"
@@ -421,7 +416,7 @@ def start_cluster(
         def check_processes() -> bool:
             for p in procs.values():
                 if not p.alive():
-                    raise RuntimeError(f"{p.name} exited ({p.proc.returncode}); log:\n{p.log_tail()}")
+                    raise p.died("the cluster to come up")
             return True
 
         wait_until(lambda: check_processes() and _nodes_ready(core, names), timeout, "fake nodes Ready")

@@ -33,9 +33,11 @@ pod_runner -> tests.servers.podrunner.PodRunner
 
 from __future__ import annotations
 
+import contextlib
 import secrets
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import TypeVar
 
 import pytest
 from kubernetes.client.exceptions import ApiException
@@ -43,26 +45,39 @@ from kubernetes.client.exceptions import ApiException
 from tests.servers.cluster import Cluster, start_cluster
 from tests.servers.minio import MinioServer, start_minio
 from tests.servers.podrunner import PodRunner
+from tests.servers.procs import PortInUse
+
+T = TypeVar("T")
+
+
+def _start(stack: contextlib.ExitStack, start: Callable[[], contextlib.AbstractContextManager[T]]) -> T:
+    """Enter a server's context, starting over (fresh dir, fresh ports) if it lost the race
+    for a port between our pick and its bind."""
+    for attempt in range(3):
+        try:
+            return stack.enter_context(start())
+        except PortInUse:
+            if attempt == 2:
+                raise
+    raise AssertionError("unreachable")
 
 
 @pytest.fixture(scope="session")
 def minio_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MinioServer]:
     """A real MinIO server for the whole session; make a bucket per test."""
-    with start_minio(tmp_path_factory.mktemp("minio")) as server:
-        yield server
+    with contextlib.ExitStack() as stack:
+        yield _start(stack, lambda: start_minio(tmp_path_factory.mktemp("minio")))
 
 
 @pytest.fixture(scope="session")
 def k8s_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     """A real control plane with fake GPU/CPU node pools; see the module docstring."""
-    with start_cluster(tmp_path_factory.mktemp("k8s")) as cluster:
-        yield cluster
+    with contextlib.ExitStack() as stack:
+        yield _start(stack, lambda: start_cluster(tmp_path_factory.mktemp("k8s")))
 
 
 @pytest.fixture(scope="session")
-def _pod_runner_session(
-    k8s_cluster: Cluster, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[PodRunner]:
+def _pod_runner_session(k8s_cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[PodRunner]:
     runner = PodRunner(k8s_cluster, tmp_path_factory.mktemp("pods")).start()
     try:
         yield runner

@@ -285,9 +285,7 @@ class PodRunner:
     def _refresh_nodes(self) -> None:
         key, value = next(iter(FAKE_NODE_ANNOTATION.items()))
         nodes = self._core.list_node().items
-        self._fake_nodes = {
-            n.metadata.name for n in nodes if (n.metadata.annotations or {}).get(key) == value
-        }
+        self._fake_nodes = {n.metadata.name for n in nodes if (n.metadata.annotations or {}).get(key) == value}
 
     def _watch_loop(self) -> None:
         """List, then watch from that resourceVersion for a few seconds; repeat. The relist
@@ -372,9 +370,7 @@ class PodRunner:
 
         for src in container.get("envFrom") or []:
             prefix = src.get("prefix", "")
-            ref, kind = (
-                (src["secretRef"], "secret") if "secretRef" in src else (src["configMapRef"], "configmap")
-            )
+            ref, kind = (src["secretRef"], "secret") if "secretRef" in src else (src["configMapRef"], "configmap")
             data = lookup(kind, ref["name"], None, bool(ref.get("optional")))
             if isinstance(data, dict):
                 env.update({prefix + k: v for k, v in data.items()})
@@ -387,9 +383,7 @@ class PodRunner:
             value: str | dict[str, str] | None
             if "secretKeyRef" in vf or "configMapKeyRef" in vf:
                 ref, kind = (
-                    (vf["secretKeyRef"], "secret")
-                    if "secretKeyRef" in vf
-                    else (vf["configMapKeyRef"], "configmap")
+                    (vf["secretKeyRef"], "secret") if "secretKeyRef" in vf else (vf["configMapKeyRef"], "configmap")
                 )
                 value = lookup(kind, ref["name"], ref["key"], bool(ref.get("optional")))
             elif "fieldRef" in vf:
@@ -498,9 +492,7 @@ class PodRunner:
                     )
                     return
             rec.pid = rec.proc.pid
-            probe = threading.Thread(
-                target=self._probe_ready, args=(rec, pod, container, started), daemon=True
-            )
+            probe = threading.Thread(target=self._probe_ready, args=(rec, pod, container, started), daemon=True)
             probe.start()
             code = rec.proc.wait()
             if code < 0:  # killed by a signal: report it as a shell/kubelet would
@@ -534,9 +526,7 @@ class PodRunner:
             # Crash-loop back-off, short: these are tests.
             rec.stop_requested.wait(min(10.0, 0.5 * 2 ** min(rec.restarts, 5)))
 
-    def _probe_ready(
-        self, rec: PodProcess, pod: dict[str, Any], container: dict[str, Any], started: str
-    ) -> None:
+    def _probe_ready(self, rec: PodProcess, pod: dict[str, Any], container: dict[str, Any], started: str) -> None:
         probe = container.get("readinessProbe")
         if not probe:
             rec.ready = True
@@ -574,9 +564,7 @@ class PodRunner:
                 return port_open(rec.port)
             if "exec" in probe:
                 cmd = [expand(a, rec.env) for a in probe["exec"]["command"]]
-                res = subprocess.run(
-                    cmd, env=rec.env, cwd=rec.workdir, capture_output=True, timeout=max(timeout, 5.0)
-                )
+                res = subprocess.run(cmd, env=rec.env, cwd=rec.workdir, capture_output=True, timeout=max(timeout, 5.0))
                 return res.returncode == 0
         return False
 

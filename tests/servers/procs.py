@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import signal
 import socket
@@ -10,6 +11,7 @@ import subprocess
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -47,6 +49,31 @@ def port_open(port: int, host: str = "127.0.0.1") -> bool:
         return s.connect_ex((host, port)) == 0
 
 
+class ServerDied(RuntimeError):
+    """A server process exited while we waited for it."""
+
+
+class PortInUse(ServerDied):
+    """A server lost the race for the free port we picked; starting again with new ports helps."""
+
+
+_PR_SET_PDEATHSIG = 1
+
+
+_prctl: Any
+try:  # resolved here, not in the forked child, where loading a library is unsafe
+    _prctl = ctypes.CDLL(None, use_errno=True).prctl
+except (OSError, AttributeError):  # not Linux
+    _prctl = None
+
+
+def _die_with_parent() -> None:
+    """In the child: get SIGKILL when the test process dies, even by SIGKILL, so a killed
+    pytest (a CI time-out) cannot leave servers running."""
+    if _prctl is not None:
+        _prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL))
+
+
 class ServerProcess:
     """A child process in its own process group, logging to a file, killed as a group.
 
@@ -75,6 +102,7 @@ class ServerProcess:
             env=env,
             cwd=str(cwd) if cwd else None,
             start_new_session=True,
+            preexec_fn=_die_with_parent,
         )
 
     @property
@@ -83,6 +111,15 @@ class ServerProcess:
 
     def alive(self) -> bool:
         return self.proc.poll() is None
+
+    def died(self, what: str) -> ServerDied:
+        """The error for a server that exited early; PortInUse when it lost a port race."""
+        tail = self.log_tail(200)
+        error = PortInUse if "address already in use" in tail.lower() else ServerDied
+        return error(
+            f"{self.name} exited with {self.proc.returncode} while waiting for {what}; "
+            f"log {self.log_path}:\n{self.log_tail()}"
+        )
 
     def log_tail(self, lines: int = 40) -> str:
         """The last lines of the server's log, for error messages."""
@@ -126,13 +163,14 @@ def wait_until(
     deadline = time.monotonic() + timeout
     while True:
         if server is not None and not server.alive():
-            raise RuntimeError(
-                f"{server.name} exited with {server.proc.returncode} while waiting for {what}; "
-                f"log {server.log_path}:\n{server.log_tail()}"
-            )
-        with contextlib.suppress(Exception):
+            raise server.died(what)
+        try:
             if check():
                 return
+        except ServerDied:
+            raise
+        except Exception:  # not up yet: connection refused, 404, half-written file, ...
+            pass
         if time.monotonic() > deadline:
             tail = f"; log {server.log_path}:\n{server.log_tail()}" if server else ""
             raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}{tail}")
