@@ -1,0 +1,3 @@
+from paris.cli import main
+
+main()

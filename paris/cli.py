@@ -1,0 +1,172 @@
+"""The `paris` command. Every subcommand takes the same YAML config (or $PARIS_CONFIG)."""
+
+from __future__ import annotations
+
+import logging
+import sys
+import tempfile
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from paris.config import RunConfig, load_config, parse_routing
+from paris.errors import ParisError
+from paris.progress import console
+
+app = typer.Typer(
+    help="Train text-to-image diffusion the Paris way: clusters, isolated experts, a router.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+data_app = typer.Typer(help="Prepare datasets: encode, cluster, shard.", no_args_is_help=True)
+train_app = typer.Typer(help="Train one expert or the router.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+app.add_typer(train_app, name="train")
+
+ConfigArg = Annotated[
+    Path | None,
+    typer.Argument(
+        help="YAML config (see examples/digits.yaml); default: YAML text in $PARIS_CONFIG", show_default=False
+    ),
+]
+
+
+def _load(config: Path | None) -> tuple[RunConfig, object]:
+    from paris.storage import open_store
+
+    cfg = load_config(config)
+    return cfg, open_store(cfg.storage)
+
+
+@data_app.command("prepare")
+def data_prepare(config: ConfigArg = None) -> None:
+    """Encode images and captions, cluster with two-stage k-means, write per-cluster shards."""
+    from paris.data.prepare import prepare_dataset
+
+    cfg, store = _load(config)
+    manifest = prepare_dataset(cfg.data, store)  # type: ignore[arg-type]
+    for c in manifest["clusters"]:
+        console.print(f"cluster {c['id']}: {c['size']} images")
+
+
+@train_app.command("expert")
+def train_expert(
+    config: ConfigArg = None,
+    cluster: Annotated[int, typer.Option("--cluster", "-k", help="Which cluster's expert to train", min=0)] = 0,
+) -> None:
+    """Train one expert on its cluster only. Re-running resumes from the last checkpoint."""
+    from paris.trainer.expert import train_expert as run_expert
+
+    cfg, store = _load(config)
+    result = run_expert(cfg, cluster, store)  # type: ignore[arg-type]
+    console.print(f"expert {cluster}: step {result.step}, loss {result.loss:.4f}")
+
+
+@train_app.command("router")
+def train_router(
+    config: ConfigArg = None,
+    publish: Annotated[bool, typer.Option(help="Also assemble the pipeline from the experts")] = True,
+) -> None:
+    """Train the router on every cluster's latents; report held-out accuracy per noise level."""
+    from paris.router.assemble import build_pipeline, publish_pipeline
+    from paris.router.train import train_router as run_router
+
+    cfg, store = _load(config)
+    result, _ = run_router(cfg, store)  # type: ignore[arg-type]
+    console.print(f"router: step {result.step}, loss {result.loss:.4f}")
+    if publish:
+        uri = publish_pipeline(build_pipeline(cfg, store), store, cfg.model)  # type: ignore[arg-type]
+        console.print(f"pipeline: {uri}")
+
+
+@app.command()
+def generate(
+    config: ConfigArg = None,
+    prompt: Annotated[list[str] | None, typer.Option("--prompt", "-p", help="Repeat for several")] = None,
+    routing: Annotated[str, typer.Option(help="top1, top2, topk:K or full")] = "top2",
+    steps: Annotated[int | None, typer.Option(min=1, max=1000)] = None,
+    guidance: Annotated[float | None, typer.Option(min=0, max=50)] = None,
+    seed: Annotated[int | None, typer.Option()] = None,
+    count: Annotated[int, typer.Option(min=1, max=256, help="Images per prompt")] = 4,
+    out: Annotated[Path, typer.Option(help="Output folder for PNGs and grid.png")] = Path("samples"),
+) -> None:
+    """Sample images with the routed experts and write PNGs plus a grid."""
+    from paris.data.encoders import tensor_to_images
+    from paris.router.assemble import load_pipeline
+    from paris.router.generate import grid_png, sample_prompts
+
+    try:
+        parse_routing(routing)
+    except ValueError as err:
+        raise ParisError(str(err)) from None
+    cfg, store = _load(config)
+    s = cfg.sample.model_copy(
+        update={k: v for k, v in {"steps": steps, "guidance": guidance, "seed": seed}.items() if v is not None}
+    )
+    prompts = prompt or cfg.sample.prompts or ["a handwritten digit seven"]
+    with tempfile.TemporaryDirectory() as tmp:
+        pipe = load_pipeline(store, cfg.model, Path(tmp))  # type: ignore[arg-type]
+        samples = sample_prompts(pipe, prompts, routing, s, per_prompt=count)
+    out.mkdir(parents=True, exist_ok=True)
+    for i, im in enumerate(tensor_to_images(samples.images)):
+        im.save(out / f"{i // count:03d}-{i % count:02d}.png")
+    (out / "grid.png").write_bytes(grid_png(samples.images, cols=count))
+    console.print(
+        f"wrote {len(samples.images)} images and {out / 'grid.png'}; expert usage "
+        + " ".join(f"{u:.2f}" for u in samples.usage)
+    )
+
+
+@app.command("eval")
+def evaluate(config: ConfigArg = None) -> None:
+    """Score samples of every routing mode with a judge trained on held-out real digits."""
+    from paris.layout import model_prefix
+    from paris.router.assemble import load_pipeline
+    from paris.router.generate import sample_and_score
+
+    cfg, store = _load(config)
+    with tempfile.TemporaryDirectory() as tmp:
+        pipe = load_pipeline(store, cfg.model, Path(tmp))  # type: ignore[arg-type]
+        pipe.set_progress_bar_config(disable=True)
+        scores = sample_and_score(cfg, store, pipe)  # type: ignore[arg-type]
+    store.put_json(f"{model_prefix(cfg.model)}/eval.json", scores)  # type: ignore[attr-defined]
+    if scores["router_accuracy"]:
+        console.print(
+            "router accuracy by noise: "
+            + " ".join(f"{r['t_hi']:.1f}:{r['accuracy']:.2f}" for r in scores["router_accuracy"])
+        )
+    for mode, row in scores["modes"].items():
+        console.print(
+            f"{mode}: accuracy {row.get('accuracy', float('nan')):.3f} "
+            f"Fréchet {row.get('frechet', float('nan')):.2f} usage " + " ".join(f"{u:.2f}" for u in row["usage"])
+        )
+
+
+@app.command()
+def run(
+    config: ConfigArg = None,
+    logs: Annotated[Path | None, typer.Option(help="Folder for the experts' logs")] = None,
+) -> None:
+    """Everything on this machine: partition, one process per expert, router, samples, scores."""
+    from paris.run import run as run_all
+
+    cfg, store = _load(config)
+    run_all(cfg, store, logs or Path("runs") / "logs" / cfg.model)  # type: ignore[arg-type]
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        app()
+    except ParisError as err:
+        console.print(f"[bold red]error:[/] {err}")
+        sys.exit(2)
+    except KeyboardInterrupt:
+        console.print("interrupted")
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,264 @@
+"""Pydantic models: the one source of truth for YAML configs, CRD schemas and API requests.
+
+Every knob a user can turn lives here once, with its default and its bounds, so that the
+CLI, the operator (CRDs are generated from these models) and the HTTP endpoint agree.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
+
+from paris.errors import ConfigError
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+
+# --------------------------------------------------------------------------------------
+# Routing modes
+# --------------------------------------------------------------------------------------
+
+_ROUTING_RE = re.compile(r"^(top1|top2|topk:(\d+)|full)$")
+
+
+def parse_routing(mode: str) -> int | None:
+    """How many experts a routing mode keeps per sample; None means all of them (`full`)."""
+    m = _ROUTING_RE.match(mode.strip())
+    if m is None:
+        raise ValueError(f"unknown routing mode {mode!r}: use top1, top2, topk:K or full")
+    if m.group(1) == "full":
+        return None
+    k = 1 if m.group(1) == "top1" else 2 if m.group(1) == "top2" else int(m.group(2))
+    if k < 1:
+        raise ValueError(f"routing mode {mode!r} must keep at least one expert")
+    return k
+
+
+def _check_routing(mode: str) -> str:
+    parse_routing(mode)
+    return mode.strip()
+
+
+Routing = Annotated[
+    str,
+    Field(pattern=r"^(top1|top2|topk:[1-9][0-9]*|full)$", description="top1, top2, topk:K or full"),
+    AfterValidator(_check_routing),
+]
+
+
+# --------------------------------------------------------------------------------------
+# Storage
+# --------------------------------------------------------------------------------------
+
+
+class StorageConfig(_Model):
+    """Where every artifact lives. Credentials never appear here: they come from the
+    environment (AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY), e.g. through a Secret."""
+
+    uri: str = Field(
+        "file://runs/store",
+        description="file://<path> (local, the embedded default) or s3://<bucket>[/<prefix>]",
+        pattern=r"^(file|s3)://.+",
+    )
+    endpoint: str | None = Field(
+        None, description="S3 endpoint host:port (MinIO); the env var PARIS_S3_ENDPOINT overrides it"
+    )
+    secure: bool = Field(False, description="Use TLS for the S3 endpoint")
+    region: str | None = Field(None, description="S3 region, if the server needs one")
+
+    def resolved_endpoint(self) -> str | None:
+        return os.environ.get("PARIS_S3_ENDPOINT") or self.endpoint
+
+
+# --------------------------------------------------------------------------------------
+# Data preparation
+# --------------------------------------------------------------------------------------
+
+
+class TextEncoderConfig(_Model):
+    kind: Literal["minilm", "open_clip"] = Field(
+        "minilm", description="minilm: all-MiniLM-L6-v2 shipped in a pip package (offline); open_clip"
+    )
+    model: str = Field("ViT-L-14", description="open_clip architecture name")
+    pretrained: str | None = Field(
+        None, description="open_clip: local checkpoint path; None = random init (tests only)"
+    )
+    max_length: int = Field(77, ge=4, le=512, description="Token states kept per caption")
+
+
+class FeatureConfig(_Model):
+    """The per-image feature that k-means clusters (DINOv2 in the paper)."""
+
+    kind: Literal["pixels", "dinov2", "open_clip"] = Field(
+        "pixels", description="pixels: PCA of the downsampled image (offline default)"
+    )
+    path: str | None = Field(None, description="dinov2: local transformers model dir")
+    pca_dim: int = Field(32, ge=2, le=1024, description="PCA dimensions before k-means")
+
+
+class DataConfig(_Model):
+    name: str = Field("digits", pattern=r"^[a-z0-9][a-z0-9._-]*$", description="Dataset name in the store")
+    source: Literal["digits", "folder", "webdataset"] = "digits"
+    path: str | None = Field(
+        None, description="folder: dir with captions.jsonl; webdataset: a .tar or a dir of .tar shards"
+    )
+    image_size: int = Field(8, ge=4, le=1024, description="Pixels per side (digits: native 8)")
+    grayscale: bool | None = Field(None, description="Single-channel images; default: true for digits")
+    vae: str | None = Field(None, description="Local AutoencoderKL dir; unset = pixel space")
+    text_encoder: TextEncoderConfig = Field(default_factory=TextEncoderConfig)
+    features: FeatureConfig = Field(default_factory=FeatureConfig)
+    clusters: int = Field(4, ge=1, le=1024, description="K: number of clusters = experts")
+    fine_clusters: int = Field(64, ge=1, description="Stage-one k-means centroids, merged to K")
+    balance: bool = Field(False, description="Cap cluster sizes so no cluster swallows the data")
+    max_cluster_fraction: float = Field(
+        0.5, gt=0, le=1, description="Warn (or, with balance, cap) above this share of the data"
+    )
+    holdout_fraction: float = Field(0.2, ge=0, lt=1, description="Held out for router/eval scoring")
+    shard_size: int = Field(4096, ge=1, description="Samples per safetensors shard")
+    limit: int | None = Field(None, ge=1, description="Use only the first N samples")
+    seed: int = 0
+
+    @property
+    def is_grayscale(self) -> bool:
+        return self.grayscale if self.grayscale is not None else self.source == "digits"
+
+
+# --------------------------------------------------------------------------------------
+# Models and training
+# --------------------------------------------------------------------------------------
+
+Preset = Literal["tiny", "S", "B", "L", "XL"]
+
+
+class ExpertModelConfig(_Model):
+    """A PixArt-alpha DiT: adaLN-single timestep conditioning + cross-attention to text."""
+
+    preset: Preset = "tiny"
+    patch_size: int = Field(2, ge=1, le=8)
+    hidden_size: int | None = Field(None, ge=8, description="Override the preset")
+    depth: int | None = Field(None, ge=1, description="Override the preset")
+    heads: int | None = Field(None, ge=1, description="Override the preset")
+
+
+class RouterModelConfig(_Model):
+    """A DiT classifier with a CLS token: predicts the cluster of x_0 from (x_t, t)."""
+
+    preset: Literal["tiny", "S", "B"] = "tiny"
+    patch_size: int = Field(2, ge=1, le=8)
+    hidden_size: int | None = Field(None, ge=8)
+    depth: int | None = Field(None, ge=1)
+    heads: int | None = Field(None, ge=1)
+    condition_on_text: bool = Field(
+        False,
+        description="Also attend to the caption: estimates p(k | x_t, t, c) instead of p(k | x_t, t)",
+    )
+
+
+class TrainConfig(_Model):
+    steps: int = Field(1500, ge=1, description="Optimizer steps")
+    batch_size: int = Field(64, ge=1)
+    grad_accum: int = Field(1, ge=1, description="Micro-batches per optimizer step")
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    warmup_steps: int = Field(50, ge=0)
+    max_grad_norm: float = Field(1.0, gt=0)
+    ema_decay: float = Field(0.999, ge=0, lt=1)
+    caption_dropout: float = Field(0.1, ge=0, le=1, description="Share of empty captions, for CFG")
+    timestep_sampling: Literal["logit_normal", "uniform", "mode"] = "logit_normal"
+    logit_mean: float = 0.0
+    logit_std: float = Field(1.0, gt=0)
+    mode_scale: float = 1.29
+    mixed_precision: Literal["auto", "no", "bf16", "fp16"] = Field(
+        "auto", description="auto: bf16 where the device runs it fast (CUDA with bf16, CPU with AMX)"
+    )
+    device: str = Field("auto", description="auto, cpu, cuda, cuda:N or mps")
+    threads: int | None = Field(None, ge=1, description="CPU threads (default: torch's choice)")
+    checkpoint_every: int = Field(500, ge=1)
+    log_every: int = Field(10, ge=1)
+    seed: int = 0
+
+
+class RouterConfig(_Model):
+    model: RouterModelConfig = Field(default_factory=RouterModelConfig)
+    train: TrainConfig = Field(
+        default_factory=lambda: TrainConfig(
+            steps=1000, lr=5e-4, caption_dropout=0.0, timestep_sampling="uniform", ema_decay=0.99
+        )
+    )
+
+
+class SampleConfig(_Model):
+    steps: int = Field(20, ge=1, le=1000)
+    guidance: float = Field(3.0, ge=0, le=50, description="Classifier-free guidance scale per expert")
+    shift: float = Field(1.0, gt=0, description="FlowMatchEulerDiscreteScheduler shift")
+    routing: list[Routing] = Field(default_factory=lambda: ["top1", "top2", "full"])
+    prompts: list[str] | None = Field(None, description="Default: one prompt per digit for digits")
+    per_prompt: int = Field(8, ge=1, le=256)
+    seed: int = 0
+    device: str = "auto"
+
+
+class RunConfig(_Model):
+    """Everything `paris run` needs; each stage reads its part."""
+
+    model: str = Field("digits", pattern=r"^[a-z0-9][a-z0-9._-]*$", description="Model name in the store")
+    storage: StorageConfig = Field(default_factory=StorageConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
+    expert: ExpertModelConfig = Field(default_factory=ExpertModelConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    router: RouterConfig = Field(default_factory=RouterConfig)
+    sample: SampleConfig = Field(default_factory=SampleConfig)
+    parallel: int = Field(2, ge=1, description="`paris run`: experts trained at once (one process each)")
+
+
+# --------------------------------------------------------------------------------------
+# Loading
+# --------------------------------------------------------------------------------------
+
+
+def _format_validation_error(err: ValidationError) -> str:
+    first = err.errors()[0]
+    where = ".".join(str(p) for p in first["loc"]) or "config"
+    more = f" (and {err.error_count() - 1} more)" if err.error_count() > 1 else ""
+    return f"{where}: {first['msg']}{more}"
+
+
+def parse_config(data: Any, source: str = "config") -> RunConfig:
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: expected a mapping at the top level")
+    try:
+        return RunConfig.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(f"{source}: {_format_validation_error(err)}") from None
+
+
+def load_config(path: str | Path | None) -> RunConfig:
+    """Read a YAML config from a path, or from $PARIS_CONFIG (YAML text) when path is None.
+
+    Pods get their config through the environment so that no file has to be mounted.
+    """
+    if path is None:
+        text = os.environ.get("PARIS_CONFIG")
+        if text is None:
+            raise ConfigError("no config given: pass a YAML file or set PARIS_CONFIG")
+        source = "$PARIS_CONFIG"
+    else:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file not found: {p}")
+        text = p.read_text()
+        source = str(p)
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{source}: not valid YAML ({str(err).splitlines()[0]})") from None
+    return parse_config(data, source)

@@ -1,0 +1,27 @@
+"""Object store layout (design doc §4): the only place that spells out key prefixes."""
+
+from __future__ import annotations
+
+
+def dataset_prefix(dataset: str) -> str:
+    return f"datasets/{dataset}"
+
+
+def model_prefix(model: str) -> str:
+    return f"models/{model}"
+
+
+def expert_prefix(model: str, cluster: int) -> str:
+    return f"{model_prefix(model)}/experts/{cluster}"
+
+
+def router_prefix(model: str) -> str:
+    return f"{model_prefix(model)}/router"
+
+
+def pipeline_prefix(model: str) -> str:
+    return f"{model_prefix(model)}/pipeline"
+
+
+def samples_prefix(model: str) -> str:
+    return f"{model_prefix(model)}/samples"

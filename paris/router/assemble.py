@@ -1,0 +1,75 @@
+"""Experts' and router's last checkpoints -> one ParisPipeline in the store, and back."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+from diffusers import FlowMatchEulerDiscreteScheduler, PixArtTransformer2DModel
+
+from paris.config import RunConfig
+from paris.data.encoders import minilm_path
+from paris.data.shards import load_manifest
+from paris.errors import ParisError
+from paris.layout import expert_prefix, pipeline_prefix, router_prefix
+from paris.storage import Store
+from paris.trainer.checkpoint import fetch_weights
+
+from .model import ParisRouter
+from .pipeline import ParisPipeline
+
+
+def build_pipeline(cfg: RunConfig, store: Store) -> ParisPipeline:
+    """Gather the EMA weights of every expert and of the router into a pipeline."""
+    manifest = load_manifest(store, cfg.data.name)
+    k = manifest["num_clusters"]
+    with tempfile.TemporaryDirectory() as tmp:
+        experts = {
+            f"expert_{i}": PixArtTransformer2DModel.from_pretrained(
+                fetch_weights(store, expert_prefix(cfg.model, i), Path(tmp) / f"e{i}")
+            )
+            for i in range(k)
+        }
+        router = ParisRouter.from_pretrained(fetch_weights(store, router_prefix(cfg.model), Path(tmp) / "r"))
+    text_encoder = tokenizer = vae = None
+    if manifest["text"]["kind"] == "minilm":
+        from transformers import AutoModel, AutoTokenizer
+
+        text_encoder = AutoModel.from_pretrained(minilm_path(), local_files_only=True).eval()
+        tokenizer = AutoTokenizer.from_pretrained(minilm_path(), local_files_only=True)
+    if manifest["latent"]["space"] == "vae":
+        from diffusers import AutoencoderKL
+
+        vae = AutoencoderKL.from_pretrained(manifest["latent"]["vae"], local_files_only=True)
+    return ParisPipeline(
+        router=router,
+        scheduler=FlowMatchEulerDiscreteScheduler(shift=cfg.sample.shift),
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        vae=vae,
+        text_max_length=manifest["text"]["max_length"],
+        latent_scaling=manifest["latent"]["scaling_factor"],
+        latent_shift=manifest["latent"]["shift_factor"],
+        **experts,
+    )
+
+
+def publish_pipeline(pipe: ParisPipeline, store: Store, model: str) -> str:
+    """save_pretrained into the store; model_index.json goes last so loaders never see half."""
+    prefix = pipeline_prefix(model)
+    with tempfile.TemporaryDirectory() as tmp:
+        pipe.save_pretrained(tmp)
+        index = Path(tmp) / "model_index.json"
+        body = index.read_bytes()
+        index.unlink()
+        store.upload_dir(Path(tmp), prefix)
+        store.put_bytes(f"{prefix}/model_index.json", body)
+    return store.uri(prefix)
+
+
+def load_pipeline(store: Store, model: str, local: Path) -> ParisPipeline:
+    prefix = pipeline_prefix(model)
+    if not store.exists(f"{prefix}/model_index.json"):
+        raise ParisError(f"no pipeline at {store.uri(prefix)}: run `paris train router` (or `paris run`) first")
+    store.download_dir(prefix, local)
+    return ParisPipeline.from_pretrained(local)

@@ -1,0 +1,81 @@
+"""Sampling a grid of prompts for one routing mode, and scoring every mode (shared by
+`paris generate`, `paris eval` and `paris run`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from paris.config import RunConfig, SampleConfig
+from paris.data.encoders import tensor_to_images
+from paris.data.shards import load_manifest, load_split
+from paris.evaluate import DigitsJudge, digit_prompts
+from paris.layout import router_prefix, samples_prefix
+from paris.plots import grid, png_bytes
+from paris.progress import console
+from paris.storage import Store
+
+from .pipeline import ParisPipeline
+
+
+@dataclass
+class Samples:
+    images: torch.Tensor  # [N, C, H, W] in [-1, 1], prompt-major
+    usage: list[float]
+    expert_calls: list[int]
+
+
+def sample_prompts(
+    pipe: ParisPipeline, prompts: list[str], routing: str, cfg: SampleConfig, per_prompt: int | None = None
+) -> Samples:
+    g = torch.Generator().manual_seed(cfg.seed)
+    out = pipe(
+        prompts,
+        num_inference_steps=cfg.steps,
+        guidance_scale=cfg.guidance,
+        routing=routing,
+        num_images_per_prompt=per_prompt or cfg.per_prompt,
+        generator=g,
+        output_type="pt",
+        shift=cfg.shift,
+    )
+    assert isinstance(out.images, torch.Tensor)
+    return Samples(out.images.cpu(), out.usage, out.expert_calls)
+
+
+def grid_png(images: torch.Tensor, cols: int) -> bytes:
+    pics = tensor_to_images(images)
+    scale = max(1, 64 // pics[0].size[0])  # digits are 8x8: enlarge for a person to see
+    return png_bytes(grid(pics, cols=cols, scale=scale))
+
+
+def sample_and_score(cfg: RunConfig, store: Store, pipe: ParisPipeline) -> dict[str, Any]:
+    """Per routing mode: a grid in the store, the judge's scores (digits), expert usage."""
+    manifest = load_manifest(store, cfg.data.name)
+    digits = cfg.data.source == "digits" and manifest["holdout"]["size"] >= 50
+    if cfg.sample.prompts:
+        prompts, labels = cfg.sample.prompts, None
+    elif digits:
+        prompts, labels = [p for p, _ in digit_prompts()], [d for _, d in digit_prompts()]
+    else:
+        raise ValueError("sample.prompts is required for datasets other than digits")
+    judge = DigitsJudge.fit(load_split(store, manifest, "holdout"), cfg.sample.seed) if digits and labels else None
+    results: dict[str, Any] = {"modes": {}, "judge_cv_accuracy": judge.cv_accuracy if judge else None}
+    for mode in cfg.sample.routing:
+        s = sample_prompts(pipe, prompts, mode, cfg.sample)
+        key = f"{samples_prefix(cfg.model)}/{mode.replace(':', '-')}.png"
+        store.put_bytes(key, grid_png(s.images, cols=cfg.sample.per_prompt))
+        row: dict[str, Any] = {"grid": store.uri(key), "usage": s.usage, "expert_calls": s.expert_calls}
+        if judge is not None and labels is not None:
+            row |= judge.score(s.images, np.repeat(labels, cfg.sample.per_prompt))
+        results["modes"][mode] = row
+        console.print(
+            f"sampled {mode}: "
+            + (f"accuracy {row['accuracy']:.2f}, Fréchet {row['frechet']:.2f}" if "accuracy" in row else row["grid"])
+        )
+    acc = store.get_json_or_none(f"{router_prefix(cfg.model)}/accuracy.json")
+    results["router_accuracy"] = acc["held_out"] if acc else None
+    return results

@@ -1,0 +1,102 @@
+"""`paris train router`: cross-entropy of the cluster of x_0 given the noisy x_t (and t).
+
+It is the only component that sees every cluster, and it sees latents only (plus captions
+when text-conditioned); it runs after (or alongside) the experts, never talking to them.
+"""
+
+from __future__ import annotations
+
+import itertools
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from paris.config import RunConfig, TrainConfig
+from paris.data.shards import ShardSet, load_manifest, load_split
+from paris.layout import router_prefix
+from paris.plots import save_loss_plot
+from paris.progress import console
+from paris.storage import Store
+from paris.trainer.checkpoint import fetch_weights
+from paris.trainer.flow import interpolate, model_timestep, sample_t
+from paris.trainer.loop import LossFn, TrainResult, attention_backend, resolve_device, train
+from paris.trainer.model import count_params
+
+from .model import ParisRouter, build_router
+
+NOISE_BINS = np.linspace(0.0, 1.0, 11)
+
+
+def _inputs(
+    model: ParisRouter, data: ShardSet, idx: torch.Tensor, t: torch.Tensor, eps: torch.Tensor, device: torch.device
+) -> torch.Tensor:
+    x_t = interpolate(data.latents[idx], eps, t)
+    text = mask = None
+    if model.config.caption_channels:
+        text, mask = data.text_states[idx].float().to(device), data.text_mask[idx].to(device)
+    return model(x_t.to(device), model_timestep(t).to(device), text, mask)
+
+
+def router_loss(data: ShardSet, cfg: TrainConfig) -> LossFn:
+    n, b = len(data), cfg.batch_size
+
+    def loss_fn(model: torch.nn.Module, g: torch.Generator, device: torch.device) -> torch.Tensor:
+        idx = torch.randint(n, (b,), generator=g)
+        t = sample_t(b, cfg.timestep_sampling, g, cfg.logit_mean, cfg.logit_std, cfg.mode_scale)
+        eps = torch.randn(data.latents[idx].shape, generator=g)
+        logits = _inputs(model, data, idx, t, eps, device)  # type: ignore[arg-type]
+        return F.cross_entropy(logits.float(), data.clusters[idx].to(device))
+
+    return loss_fn
+
+
+@torch.no_grad()
+def accuracy_by_noise(
+    model: ParisRouter, data: ShardSet, device: torch.device, seed: int = 0, repeats: int = 4
+) -> list[dict[str, float]]:
+    """Held-out top-1 accuracy of the router in each noise bin [t_i, t_i+1)."""
+    model.eval().to(device)
+    g = torch.Generator().manual_seed(seed)
+    rows = []
+    with attention_backend(device):
+        for lo, hi in itertools.pairwise(NOISE_BINS):
+            correct = total = 0
+            for start in range(0, len(data), 256):
+                idx = torch.arange(start, min(start + 256, len(data)))
+                for _ in range(repeats):
+                    t = lo + (hi - lo) * torch.rand(len(idx), generator=g)
+                    eps = torch.randn(data.latents[idx].shape, generator=g)
+                    pred = _inputs(model, data, idx, t, eps, device).argmax(-1).cpu()
+                    correct += int((pred == data.clusters[idx]).sum())
+                    total += len(idx)
+            rows.append({"t_lo": round(float(lo), 2), "t_hi": round(float(hi), 2), "accuracy": correct / total})
+    return rows
+
+
+def train_router(cfg: RunConfig, store: Store) -> tuple[TrainResult, list[dict[str, float]]]:
+    manifest = load_manifest(store, cfg.data.name)
+    k = manifest["num_clusters"]
+    data = ShardSet.concat([load_split(store, manifest, i) for i in range(k)])
+    torch.manual_seed(cfg.router.train.seed)
+    model = build_router(cfg.router.model, k, manifest["latent"], manifest["text"]["dim"])
+    prefix = router_prefix(cfg.model)
+    meta: dict[str, Any] = {"clusters": k, "samples": len(data), "params": count_params(model)}
+    result = train(model, router_loss(data, cfg.router.train), cfg.router.train, store, prefix, "router", meta)
+    save_loss_plot(store, f"{prefix}/loss.png", {"router": result.history})
+
+    acc: list[dict[str, float]] = []
+    if manifest["holdout"]["size"]:
+        holdout = load_split(store, manifest, "holdout")
+        with tempfile.TemporaryDirectory() as tmp:
+            ema = ParisRouter.from_pretrained(fetch_weights(store, prefix, Path(tmp)))
+        acc = accuracy_by_noise(ema, holdout, resolve_device(cfg.router.train.device), cfg.router.train.seed)
+        store.put_json(f"{prefix}/accuracy.json", {"held_out": acc, "samples": len(holdout)})
+        console.print(
+            "router held-out accuracy by noise level: "
+            + ", ".join(f"t<{r['t_hi']:.1f}: {r['accuracy']:.2f}" for r in acc)
+        )
+    return result, acc

@@ -1,0 +1,211 @@
+"""Object store behind one small interface: `file://` (embedded default) and `s3://` (MinIO).
+
+Experts share nothing but this store, so it is the only coordination point: every write is
+all-or-nothing per object, and a multi-file artifact (a checkpoint) becomes visible only when
+its pointer object is written after all of its files.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import tempfile
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from paris.config import StorageConfig
+from paris.errors import StorageError
+
+
+class Store(ABC):
+    """Keys are '/'-separated paths relative to the store's root (bucket + prefix)."""
+
+    @abstractmethod
+    def put_bytes(self, key: str, data: bytes) -> None: ...
+
+    @abstractmethod
+    def get_bytes(self, key: str) -> bytes: ...
+
+    @abstractmethod
+    def exists(self, key: str) -> bool: ...
+
+    @abstractmethod
+    def keys(self, prefix: str) -> list[str]:
+        """All keys below prefix (recursively), sorted."""
+
+    @abstractmethod
+    def uri(self, key: str = "") -> str: ...
+
+    # ---- conveniences shared by every backend --------------------------------------
+
+    def put_json(self, key: str, obj: Any) -> None:
+        self.put_bytes(key, json.dumps(obj, indent=2, sort_keys=True).encode())
+
+    def get_json(self, key: str) -> Any:
+        try:
+            return json.loads(self.get_bytes(key))
+        except json.JSONDecodeError as err:
+            raise StorageError(f"{self.uri(key)} is not valid JSON: {err}") from None
+
+    def get_json_or_none(self, key: str) -> Any:
+        return self.get_json(key) if self.exists(key) else None
+
+    def put_file(self, key: str, path: Path) -> None:
+        self.put_bytes(key, Path(path).read_bytes())
+
+    def upload_dir(self, local: Path, prefix: str) -> list[str]:
+        keys: list[str] = []
+        for f in sorted(p for p in Path(local).rglob("*") if p.is_file()):
+            key = f"{prefix.rstrip('/')}/{f.relative_to(local).as_posix()}"
+            self.put_file(key, f)
+            keys.append(key)
+        return keys
+
+    def download_dir(self, prefix: str, local: Path) -> Path:
+        prefix = prefix.rstrip("/") + "/"
+        keys = self.keys(prefix)
+        if not keys:
+            raise StorageError(f"nothing stored under {self.uri(prefix)}")
+        for key in keys:
+            dest = Path(local) / key[len(prefix) :]
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            dest.write_bytes(self.get_bytes(key))
+        return Path(local)
+
+    def publish(self, local: Path, prefix: str, pointer_key: str, pointer: dict[str, Any]) -> None:
+        """Upload a directory, then write the pointer that makes it visible (last, on purpose)."""
+        self.upload_dir(local, prefix)
+        self.put_json(pointer_key, {**pointer, "prefix": prefix})
+
+
+class LocalStore(Store):
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root).resolve()
+        self.root.mkdir(parents=True, exist_ok=True)
+
+    def _path(self, key: str) -> Path:
+        p = (self.root / key.lstrip("/")).resolve()
+        if self.root not in (p, *p.parents):
+            raise StorageError(f"key escapes the store: {key}")
+        return p
+
+    def put_bytes(self, key: str, data: bytes) -> None:
+        dest = self._path(key)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        # Write then rename: a reader sees the old object or the new one, never a torn one.
+        fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=".tmp-")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, dest)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+    def get_bytes(self, key: str) -> bytes:
+        try:
+            return self._path(key).read_bytes()
+        except FileNotFoundError:
+            raise StorageError(f"not found: {self.uri(key)}") from None
+
+    def exists(self, key: str) -> bool:
+        return self._path(key).is_file()
+
+    def keys(self, prefix: str) -> list[str]:
+        base = self._path(prefix) if prefix else self.root
+        if base.is_file():
+            return [prefix]
+        if not base.is_dir():
+            return []
+        return sorted(
+            p.relative_to(self.root).as_posix()
+            for p in base.rglob("*")
+            if p.is_file() and not p.name.startswith(".tmp-")
+        )
+
+    def uri(self, key: str = "") -> str:
+        return f"file://{self.root}/{key}" if key else f"file://{self.root}"
+
+
+class S3Store(Store):
+    def __init__(self, bucket: str, prefix: str, endpoint: str, secure: bool, region: str | None) -> None:
+        from minio import Minio  # imported here so file:// users never need it configured
+
+        access = os.environ.get("AWS_ACCESS_KEY_ID")
+        secret = os.environ.get("AWS_SECRET_ACCESS_KEY")
+        if not access or not secret:
+            raise StorageError("s3 storage needs AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY in the environment")
+        endpoint = endpoint.removeprefix("http://").removeprefix("https://").rstrip("/")
+        self.client = Minio(endpoint, access_key=access, secret_key=secret, secure=secure, region=region)
+        self.bucket, self.prefix, self.endpoint = bucket, prefix.strip("/"), endpoint
+        try:
+            if not self.client.bucket_exists(bucket):
+                self.client.make_bucket(bucket)
+        except Exception as err:  # urllib3/minio raise many kinds; the user needs one line
+            raise StorageError(f"cannot reach s3 endpoint {endpoint} (bucket {bucket}): {err}") from None
+
+    def _key(self, key: str) -> str:
+        key = key.lstrip("/")
+        return f"{self.prefix}/{key}" if self.prefix else key
+
+    def put_bytes(self, key: str, data: bytes) -> None:
+        # A single PUT is atomic in S3/MinIO: readers never see a partial object.
+        self.client.put_object(self.bucket, self._key(key), io.BytesIO(data), len(data))
+
+    def get_bytes(self, key: str) -> bytes:
+        from minio.error import S3Error
+
+        try:
+            resp = self.client.get_object(self.bucket, self._key(key))
+        except S3Error as err:
+            if err.code in ("NoSuchKey", "NoSuchBucket"):
+                raise StorageError(f"not found: {self.uri(key)}") from None
+            raise
+        try:
+            return resp.read()
+        finally:
+            resp.close()
+            resp.release_conn()
+
+    def exists(self, key: str) -> bool:
+        from minio.error import S3Error
+
+        try:
+            self.client.stat_object(self.bucket, self._key(key))
+            return True
+        except S3Error as err:
+            if err.code in ("NoSuchKey", "NoSuchBucket", "NoSuchObject"):
+                return False
+            raise
+
+    def _iter(self, prefix: str) -> Iterator[str]:
+        full = self._key(prefix)
+        strip = len(self.prefix) + 1 if self.prefix else 0
+        for obj in self.client.list_objects(self.bucket, prefix=full, recursive=True):
+            if obj.object_name is not None:
+                yield obj.object_name[strip:]
+
+    def keys(self, prefix: str) -> list[str]:
+        return sorted(self._iter(prefix))
+
+    def uri(self, key: str = "") -> str:
+        base = f"s3://{self.bucket}/{self.prefix}".rstrip("/")
+        return f"{base}/{key}" if key else base
+
+
+def open_store(cfg: StorageConfig) -> Store:
+    scheme, _, rest = cfg.uri.partition("://")
+    if scheme == "file":
+        return LocalStore(Path(rest))
+    if scheme == "s3":
+        bucket, _, prefix = rest.partition("/")
+        endpoint = cfg.resolved_endpoint()
+        if not endpoint:
+            raise StorageError("s3 storage needs an endpoint: set storage.endpoint or PARIS_S3_ENDPOINT")
+        return S3Store(bucket, prefix, endpoint, cfg.secure, cfg.region)
+    raise StorageError(f"unsupported storage uri {cfg.uri!r}: use file:// or s3://")

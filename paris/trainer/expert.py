@@ -1,0 +1,53 @@
+"""`paris train expert`: one DiT on one cluster's shards, and nothing else.
+
+The expert reads only `datasets/<d>/clusters/<k>/` (plus the manifest and the empty
+caption's encoding) and writes only `models/<m>/experts/<k>/`: no gradient, parameter or
+activation ever leaves the process.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from paris.config import RunConfig, TrainConfig
+from paris.data.shards import ShardSet, load_manifest, load_null_text, load_split
+from paris.layout import expert_prefix
+from paris.plots import save_loss_plot
+from paris.storage import Store
+from paris.trainer.flow import flow_loss, interpolate, model_timestep, sample_t
+from paris.trainer.loop import LossFn, TrainResult, train
+from paris.trainer.model import build_expert, count_params, expert_velocity
+
+
+def expert_loss(data: ShardSet, null_states: torch.Tensor, null_mask: torch.Tensor, cfg: TrainConfig) -> LossFn:
+    n, b = len(data), cfg.batch_size
+    null_states = null_states.float()
+
+    def loss_fn(model: torch.nn.Module, g: torch.Generator, device: torch.device) -> torch.Tensor:
+        idx = torch.randint(n, (b,), generator=g)
+        x0 = data.latents[idx]
+        text, mask = data.text_states[idx].float(), data.text_mask[idx]
+        drop = torch.rand(b, generator=g) < cfg.caption_dropout  # empty caption: learns p(x) for CFG
+        text[drop], mask[drop] = null_states, null_mask
+        t = sample_t(b, cfg.timestep_sampling, g, cfg.logit_mean, cfg.logit_std, cfg.mode_scale)
+        eps = torch.randn(x0.shape, generator=g)
+        x_t = interpolate(x0, eps, t)
+        v = expert_velocity(model, x_t.to(device), model_timestep(t).to(device), text.to(device), mask.to(device))
+        return flow_loss(v, x0.to(device), eps.to(device))
+
+    return loss_fn
+
+
+def train_expert(cfg: RunConfig, cluster: int, store: Store) -> TrainResult:
+    manifest = load_manifest(store, cfg.data.name)
+    data = load_split(store, manifest, cluster)
+    null_states, null_mask = load_null_text(store, manifest)
+    torch.manual_seed(cfg.train.seed + cluster)  # weight init; per-step draws are seeded in the loop
+    model = build_expert(cfg.expert, manifest["latent"], manifest["text"]["dim"])
+    prefix = expert_prefix(cfg.model, cluster)
+    meta = {"cluster": cluster, "samples": len(data), "params": count_params(model)}
+    result = train(
+        model, expert_loss(data, null_states, null_mask, cfg.train), cfg.train, store, prefix, f"expert {cluster}", meta
+    )
+    save_loss_plot(store, f"{prefix}/loss.png", {f"expert {cluster}": result.history})
+    return result
