@@ -12,9 +12,10 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
+import yaml
 from kubernetes.client.exceptions import ApiException
 
-from tests.servers.cluster import FAKE_NODE_TOLERATIONS, Cluster, Pool, start_cluster
+from tests.servers.cluster import FAKE_NODE_TOLERATIONS, Cluster, Pool, apply_crds, start_cluster
 from tests.servers.minio import MinioServer
 from tests.servers.podrunner import PodRunner
 from tests.servers.procs import port_open
@@ -43,9 +44,7 @@ def eventually(
         if value:
             return value
         if time.monotonic() > deadline:
-            pytest.fail(
-                f"timed out after {timeout:.0f}s waiting for {what}" + (f"\n{debug()}" if debug else "")
-            )
+            pytest.fail(f"timed out after {timeout:.0f}s waiting for {what}" + (f"\n{debug()}" if debug else ""))
         time.sleep(0.2)
 
 
@@ -179,9 +178,7 @@ def test_scheduler_places_by_pool_and_gpu_capacity(k8s_cluster: Cluster, k8s_nam
     assert nodes["a40-2"] is None
 
 
-def test_pod_asking_for_more_gpus_than_any_node_stays_pending(
-    k8s_cluster: Cluster, k8s_namespace: str
-) -> None:
+def test_pod_asking_for_more_gpus_than_any_node_stays_pending(k8s_cluster: Cluster, k8s_namespace: str) -> None:
     ns, core = k8s_namespace, k8s_cluster.core()
     core.create_namespaced_pod(
         ns,
@@ -211,9 +208,7 @@ def test_failing_job_reports_the_real_exit_code(
     k8s_cluster.batch().create_namespaced_job(
         ns, job("fails", pod_spec(["python", "-c", "import sys; print('bye'); sys.exit(3)"]))
     )
-    state = eventually(
-        lambda: job_condition(k8s_cluster, ns, "fails"), what="Job to finish", debug=pod_runner.describe
-    )
+    state = eventually(lambda: job_condition(k8s_cluster, ns, "fails"), what="Job to finish", debug=pod_runner.describe)
     assert state == "Failed"
     pod = job_pods(k8s_cluster, ns, "fails")[0]
     assert pod.status.phase == "Failed"
@@ -262,9 +257,7 @@ def test_succeeding_job_gets_secret_configmap_and_overrides(
     k8s_cluster.batch().create_namespaced_job(
         ns, job("works", pod_spec(["/opt/venv/bin/python", "-c", script], env=env))
     )
-    state = eventually(
-        lambda: job_condition(k8s_cluster, ns, "works"), what="Job to finish", debug=pod_runner.describe
-    )
+    state = eventually(lambda: job_condition(k8s_cluster, ns, "works"), what="Job to finish", debug=pod_runner.describe)
     assert state == "Complete", pod_runner.describe()
     pod = job_pods(k8s_cluster, ns, "works")[0]
     assert pod.status.phase == "Succeeded"
@@ -292,15 +285,11 @@ def test_missing_secret_keeps_the_container_waiting_until_it_exists(
         waiting = statuses[0].state.waiting if statuses else None
         return waiting.reason if waiting else None
 
-    reason = eventually(
-        waiting_reason, what="the container to wait for its Secret", debug=pod_runner.describe
-    )
+    reason = eventually(waiting_reason, what="the container to wait for its Secret", debug=pod_runner.describe)
     assert reason == "CreateContainerConfigError"
     assert job_condition(k8s_cluster, ns, "late") is None
     core.create_namespaced_secret(ns, {"metadata": {"name": "late"}, "stringData": {"k": "v"}})
-    state = eventually(
-        lambda: job_condition(k8s_cluster, ns, "late"), what="Job to finish", debug=pod_runner.describe
-    )
+    state = eventually(lambda: job_condition(k8s_cluster, ns, "late"), what="Job to finish", debug=pod_runner.describe)
     assert state == "Complete"
 
 
@@ -377,3 +366,30 @@ def test_api_rejects_unknown_token(k8s_cluster: Cluster) -> None:
     assert e.value.code == 401
     with pytest.raises(ApiException):
         k8s_cluster.core().read_namespace("does-not-exist")
+
+
+def test_apply_crds_installs_and_establishes_them(k8s_cluster: Cluster, tmp_path: Path) -> None:
+    """What the fixture does with the repo's crds/ folder, on a throwaway CRD."""
+    crd = {
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": {"name": "widgets.fixture.paris.test"},
+        "spec": {
+            "group": "fixture.paris.test",
+            "scope": "Namespaced",
+            "names": {"plural": "widgets", "singular": "widget", "kind": "Widget"},
+            "versions": [
+                {
+                    "name": "v1",
+                    "served": True,
+                    "storage": True,
+                    "schema": {"openAPIV3Schema": {"type": "object", "x-kubernetes-preserve-unknown-fields": True}},
+                }
+            ],
+        },
+    }
+    (tmp_path / "widget.yaml").write_text(yaml.safe_dump(crd))
+    assert apply_crds(k8s_cluster, tmp_path) == [tmp_path / "widget.yaml"]
+    out = k8s_cluster.kubectl("get", "widgets", "-A", "-o", "json").stdout
+    assert json.loads(out)["items"] == []
+    k8s_cluster.kubectl("delete", "crd", "widgets.fixture.paris.test")
