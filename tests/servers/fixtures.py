@@ -37,15 +37,18 @@ import contextlib
 import secrets
 import time
 from collections.abc import Callable, Iterator
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import pytest
-from kubernetes.client.exceptions import ApiException
 
-from tests.servers.cluster import Cluster, start_cluster
-from tests.servers.minio import MinioServer, start_minio
-from tests.servers.podrunner import PodRunner
 from tests.servers.procs import PortInUse
+
+# The server modules import the kubernetes and minio clients (~1 s): import them only when a
+# fixture is used, so the unit tier does not pay for them.
+if TYPE_CHECKING:
+    from tests.servers.cluster import Cluster
+    from tests.servers.minio import MinioServer
+    from tests.servers.podrunner import PodRunner
 
 T = TypeVar("T")
 
@@ -65,6 +68,8 @@ def _start(stack: contextlib.ExitStack, start: Callable[[], contextlib.AbstractC
 @pytest.fixture(scope="session")
 def minio_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MinioServer]:
     """A real MinIO server for the whole session; make a bucket per test."""
+    from tests.servers.minio import start_minio
+
     with contextlib.ExitStack() as stack:
         yield _start(stack, lambda: start_minio(tmp_path_factory.mktemp("minio")))
 
@@ -72,12 +77,16 @@ def minio_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MinioServ
 @pytest.fixture(scope="session")
 def k8s_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     """A real control plane with fake GPU/CPU node pools; see the module docstring."""
+    from tests.servers.cluster import start_cluster
+
     with contextlib.ExitStack() as stack:
         yield _start(stack, lambda: start_cluster(tmp_path_factory.mktemp("k8s")))
 
 
 @pytest.fixture(scope="session")
 def _pod_runner_session(k8s_cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[PodRunner]:
+    from tests.servers.podrunner import PodRunner
+
     runner = PodRunner(k8s_cluster, tmp_path_factory.mktemp("pods")).start()
     try:
         yield runner
@@ -100,6 +109,8 @@ def pod_runner(_pod_runner_session: PodRunner) -> Iterator[PodRunner]:
 @pytest.fixture
 def k8s_namespace(k8s_cluster: Cluster, request: pytest.FixtureRequest) -> Iterator[str]:
     """A fresh namespace, ready for pods (its default ServiceAccount exists)."""
+    from kubernetes.client.exceptions import ApiException
+
     base = "".join(c if c.isalnum() else "-" for c in request.node.name.lower())[:40].strip("-")
     name = f"{base}-{secrets.token_hex(3)}"
     core = k8s_cluster.core()
