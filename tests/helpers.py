@@ -1,0 +1,48 @@
+"""Small configs for fast tests: a slice of the digits, two clusters, a few steps."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+def deep_update(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = deep_update(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def tiny_config(store_uri: str, **over: Any) -> dict[str, Any]:
+    base: dict[str, Any] = {
+        "model": "tiny",
+        "storage": {"uri": store_uri},
+        "data": {"name": "digits-mini", "source": "digits", "limit": 300, "clusters": 2, "fine_clusters": 8,
+                 "text_encoder": {"max_length": 12}},
+        "expert": {"preset": "tiny", "hidden_size": 32, "depth": 1, "heads": 2},
+        "train": {"steps": 2, "batch_size": 8, "checkpoint_every": 1, "log_every": 1, "threads": 1},
+        "router": {"model": {"hidden_size": 32, "depth": 1, "heads": 2},
+                   "train": {"steps": 2, "batch_size": 8, "checkpoint_every": 1, "log_every": 1, "threads": 1}},
+        "sample": {"steps": 2, "per_prompt": 1, "routing": ["top1", "full"]},
+        "parallel": 2,
+    }
+    return deep_update(base, over)
+
+
+def write_config(path: Path, cfg: dict[str, Any]) -> Path:
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def paris_cli(*args: str, cwd: Path | None = None, env: dict[str, str] | None = None,
+              timeout: float = 600) -> subprocess.CompletedProcess[str]:
+    """Run the real `paris` command in a fresh process, as a user would."""
+    return subprocess.run(
+        [sys.executable, "-m", "paris", *args], capture_output=True, text=True, cwd=cwd,
+        env={**os.environ, **(env or {})}, timeout=timeout,
+    )
