@@ -156,12 +156,26 @@ def run(
     run_all(cfg, store, logs or Path("runs") / "logs" / cfg.model)  # type: ignore[arg-type]
 
 
+@app.command()
+def serve(
+    config: ConfigArg = None,
+    port: Annotated[int, typer.Option(envvar="PORT", min=1, max=65535, help="Listen port (env PORT)")] = 8000,
+    host: Annotated[str, typer.Option(help="Listen address")] = "0.0.0.0",
+) -> None:
+    """Serve the published pipeline over HTTP: POST /v1/generate, /healthz, /readyz, /metrics."""
+    from paris.router.server import serve as run_server
+
+    cfg = load_config(config)
+    run_server(cfg, host, port)
+
+
 def main() -> None:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
         app()
     except ParisError as err:
-        console.print(f"[bold red]error:[/] {err}")
+        # soft_wrap: one line, whatever the terminal width, so logs and tests see one line.
+        console.print(f"[bold red]error:[/] {err}", soft_wrap=True, markup=True, highlight=False)
         sys.exit(2)
     except KeyboardInterrupt:
         console.print("interrupted")

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from paris.errors import ConfigError
 
@@ -262,3 +262,180 @@ def load_config(path: str | Path | None) -> RunConfig:
     except yaml.YAMLError as err:
         raise ConfigError(f"{source}: not valid YAML ({str(err).splitlines()[0]})") from None
     return parse_config(data, source)
+
+
+# --------------------------------------------------------------------------------------
+# Kubernetes resources: the ParisExpert / ParisRouter specs (crds/ is generated from these),
+# the operator's own settings, and the generation API's request.
+#
+# Kubernetes-native fields are camelCase (nodeSelector, backoffLimit) as in any manifest; the
+# embedded training sections (data, expert, train, router) are the YAML config's own models,
+# snake_case, so a block can be copied between a `paris run` config and a manifest.
+# --------------------------------------------------------------------------------------
+
+API_GROUP = "paris.dev"
+API_VERSION = "v1alpha1"
+
+_NAME = r"^[a-z0-9][a-z0-9._-]*$"
+_NUMBER = r"(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))"
+_QUANTITY = rf"^(\+|-)?{_NUMBER}(([KMGTPE]i)|[numkMGTPE]|([eE](\+|-)?{_NUMBER}))?$"
+
+Quantity = Annotated[int | Annotated[str, Field(pattern=_QUANTITY)], Field(description="A Kubernetes quantity")]
+
+
+class Toleration(_Model):
+    key: str | None = Field(None, description="Taint key; empty with operator Exists matches every taint")
+    operator: Literal["Exists", "Equal"] = "Equal"
+    value: str | None = None
+    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = Field(
+        None, description="Empty matches every effect"
+    )
+    toleration_seconds: int | None = Field(None, alias="tolerationSeconds", ge=0)
+
+
+class Resources(_Model):
+    requests: dict[str, Quantity] | None = Field(None, description="e.g. {cpu: 2, memory: 8Gi}")
+    limits: dict[str, Quantity] | None = Field(None, description="e.g. {nvidia.com/gpu: 1}")
+
+
+class PodPlacement(_Model):
+    """How and where one kind of pod runs: image, resources, node pool and scheduling knobs."""
+
+    image: str | None = Field(None, description="Trainer image; default: the operator's trainerImage setting")
+    image_pull_policy: Literal["Always", "IfNotPresent", "Never"] = Field("IfNotPresent", alias="imagePullPolicy")
+    pool: str | None = Field(
+        None,
+        pattern=r"^[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$",
+        description="Node pool: selects nodes labelled <poolLabel>=<pool> and applies the pool's defaults",
+    )
+    resources: Resources = Field(default_factory=Resources)
+    node_selector: dict[str, str] = Field(default_factory=dict, alias="nodeSelector")
+    tolerations: list[Toleration] = Field(default_factory=list)
+    affinity: dict[str, Any] | None = Field(None, description="A core/v1 Affinity, passed through")
+
+
+class S3Storage(_Model):
+    """The object store of every artifact; credentials come from a Secret, never the spec."""
+
+    uri: str = Field(
+        pattern=r"^s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/.*)?$", description="s3://<bucket>[/<prefix>]"
+    )
+    endpoint: str | None = Field(None, description="host:port of MinIO/S3; default: the operator's s3Endpoint")
+    secure: bool = Field(False, description="Use TLS")
+    region: str | None = None
+    secret_name: str | None = Field(
+        None,
+        alias="secretName",
+        pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$",
+        description="Secret with the access keys; default: the operator's credentialsSecret",
+    )
+    access_key_key: str = Field("AWS_ACCESS_KEY_ID", alias="accessKeyKey", description="Key of the access key id")
+    secret_key_key: str = Field("AWS_SECRET_ACCESS_KEY", alias="secretKeyKey", description="Key of the secret key")
+
+
+class ParisExpertSpec(PodPlacement):
+    """One expert: a DiT trained on one cluster's shards, in one Job, sharing nothing."""
+
+    model: str = Field(pattern=_NAME, description="Model name in the store (models/<model>/)")
+    cluster: int = Field(ge=0, le=1023, description="Cluster index k: trains on datasets/<data.name>/clusters/<k>")
+    storage: S3Storage
+    data: DataConfig = Field(default_factory=DataConfig, description="The prepared dataset (data.name is read)")
+    expert: ExpertModelConfig = Field(default_factory=ExpertModelConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    backoff_limit: int = Field(
+        6, alias="backoffLimit", ge=0, le=100, description="Pod retries; each resumes from latest.json"
+    )
+    active_deadline_seconds: int | None = Field(None, alias="activeDeadlineSeconds", ge=1)
+
+
+class ExpertSelector(_Model):
+    """Which ParisExperts (in the router's namespace) feed the router: labels or names."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                {
+                    "rule": "has(self.matchLabels) != has(self.names)",
+                    "message": "set exactly one of experts.matchLabels and experts.names",
+                }
+            ]
+        }
+    )
+
+    match_labels: dict[str, str] | None = Field(None, alias="matchLabels")
+    names: list[Annotated[str, Field(min_length=1)]] | None = Field(None, min_length=1)
+    count: int | None = Field(
+        None, ge=1, le=1024, description="How many experts must be Succeeded (default: every selected one)"
+    )
+
+    @model_validator(mode="after")
+    def _one_way(self) -> ExpertSelector:
+        if (self.match_labels is None) == (self.names is None):
+            raise ValueError("set exactly one of experts.matchLabels and experts.names")
+        return self
+
+
+class InferenceSpec(PodPlacement):
+    """The generation endpoint: a Deployment + Service running `paris serve`."""
+
+    replicas: int = Field(1, ge=0, le=64)
+    routing: Routing = "top2"
+    steps: int = Field(20, ge=1, le=1000, description="Default sampling steps")
+    guidance: float = Field(3.0, ge=0, le=50, description="Default classifier-free guidance")
+    shift: float = Field(1.0, gt=0, description="FlowMatchEulerDiscreteScheduler shift")
+    port: int = Field(8000, ge=1024, le=65535, description="Container port")
+    service_type: Literal["ClusterIP", "NodePort", "LoadBalancer"] = Field("ClusterIP", alias="serviceType")
+
+
+class ParisRouterSpec(PodPlacement):
+    """The router: trained once its experts succeeded, then served with them."""
+
+    model: str = Field(pattern=_NAME, description="Model name in the store (models/<model>/)")
+    experts: ExpertSelector
+    storage: S3Storage
+    data: DataConfig = Field(default_factory=DataConfig)
+    router: RouterConfig = Field(default_factory=RouterConfig)
+    inference: InferenceSpec = Field(default_factory=InferenceSpec)
+    backoff_limit: int = Field(3, alias="backoffLimit", ge=0, le=100)
+
+
+class PoolDefaults(_Model):
+    """What every pod sent to a pool gets unless its spec says otherwise."""
+
+    node_selector: dict[str, str] = Field(default_factory=dict, alias="nodeSelector")
+    tolerations: list[Toleration] = Field(default_factory=list)
+    resources: Resources = Field(default_factory=Resources)
+
+
+class OperatorSettings(_Model):
+    """The operator's own configuration (Helm values -> env PARIS_OPERATOR_CONFIG, YAML)."""
+
+    trainer_image: str = Field("ghcr.io/paris-dev/paris-trainer:0.1.0", alias="trainerImage")
+    s3_endpoint: str | None = Field(None, alias="s3Endpoint", description="Default storage.endpoint")
+    credentials_secret: str = Field("paris-s3", alias="credentialsSecret", description="Default storage.secretName")
+    pool_label: str = Field("pool", alias="poolLabel", description="Node label that names a pool")
+    pools: dict[str, PoolDefaults] = Field(default_factory=dict)
+    poll_seconds: float = Field(10.0, alias="pollSeconds", ge=0.5, le=3600, description="Progress poll period")
+
+    @classmethod
+    def from_env(cls) -> OperatorSettings:
+        text = os.environ.get("PARIS_OPERATOR_CONFIG")
+        if not text:
+            return cls()
+        try:
+            return cls.model_validate(yaml.safe_load(text) or {})
+        except (yaml.YAMLError, ValidationError) as err:
+            raise ConfigError(f"$PARIS_OPERATOR_CONFIG: {err}") from None
+
+
+class GenerateRequest(_Model):
+    """POST /v1/generate. Unset fields take the server's defaults (the ParisRouter's inference)."""
+
+    prompt: str = Field(min_length=1, max_length=500)
+    steps: int | None = Field(None, ge=1, le=200)
+    guidance: float | None = Field(None, ge=0, le=50)
+    routing: Routing | None = None
+    seed: int | None = Field(None, ge=0, le=2**32 - 1)
+    count: int = Field(1, ge=1, le=16, description="Images; more than one come back as a grid (PNG)")
+    size: int | None = Field(None, ge=8, le=1024, description="Output pixels per side (default: native)")
+    format: Literal["png", "json"] | None = Field(None, description="Default: from Accept, else png")

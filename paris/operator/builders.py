@@ -1,0 +1,357 @@
+"""Pure functions from a custom resource to the child objects it owns (plain dicts).
+
+Nothing here talks to the API: every child is a function of (resource, spec, settings), so
+the same input always yields the same object with the same deterministic name. That is what
+makes re-running a reconcile after an operator restart harmless (create-or-get by name).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping
+from typing import Any
+
+import yaml
+
+from paris.config import (
+    API_GROUP,
+    API_VERSION,
+    OperatorSettings,
+    ParisExpertSpec,
+    ParisRouterSpec,
+    PodPlacement,
+    RunConfig,
+    S3Storage,
+    SampleConfig,
+    StorageConfig,
+)
+
+MANAGED_BY = "paris-operator"
+SPEC_HASH = f"{API_GROUP}/spec-hash"
+TRAINER_UID = 10001  # the non-root user of images/trainer/Dockerfile
+
+# Env names a torch.distributed launcher would read. A Paris trainer must never see them: the
+# experts share nothing (a unit test asserts no builder emits any of these).
+DISTRIBUTED_ENV = frozenset(
+    {"MASTER_ADDR", "MASTER_PORT", "WORLD_SIZE", "RANK", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "NODE_RANK", "GROUP_RANK"}
+)
+
+Body = Mapping[str, Any]
+
+
+# ---- names, labels, owners ------------------------------------------------------------------
+
+
+def child_name(parent: str, suffix: str, limit: int = 63) -> str:
+    """`<parent>-<suffix>`, shortened with a hash when too long for a label value (Job pods
+    carry their Job's name as a label, so 63 is the real limit)."""
+    name = f"{parent}-{suffix}"
+    if len(name) <= limit:
+        return name
+    digest = hashlib.sha256(name.encode()).hexdigest()[:8]
+    keep = limit - len(suffix) - len(digest) - 2
+    return f"{parent[:keep].rstrip('-.')}-{digest}-{suffix}"
+
+
+def expert_job_name(name: str) -> str:
+    return child_name(name, "train")
+
+
+def router_job_name(name: str, spec_hash: str) -> str:
+    return child_name(name, f"train-{spec_hash[:8]}")
+
+
+def serve_name(name: str) -> str:
+    return child_name(name, "serve")
+
+
+def digest(obj: Any) -> str:
+    """A stable short hash of a JSON-able object (dict order does not matter)."""
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def owner_reference(body: Body) -> dict[str, Any]:
+    """The parent as controller owner: deleting it garbage-collects the child."""
+    return {
+        "apiVersion": f"{API_GROUP}/{API_VERSION}",
+        "kind": body["kind"],
+        "name": body["metadata"]["name"],
+        "uid": body["metadata"]["uid"],
+        "controller": True,
+        "blockOwnerDeletion": True,
+    }
+
+
+def labels(body: Body, component: str, model: str, **extra: str) -> dict[str, str]:
+    owner_label = f"{API_GROUP}/{'expert' if body['kind'] == 'ParisExpert' else 'router'}"
+    return {
+        "app.kubernetes.io/name": "paris",
+        "app.kubernetes.io/component": component,
+        "app.kubernetes.io/instance": body["metadata"]["name"],
+        "app.kubernetes.io/managed-by": MANAGED_BY,
+        f"{API_GROUP}/model": model,
+        owner_label: body["metadata"]["name"],
+        **{f"{API_GROUP}/{k}": v for k, v in extra.items()},
+    }
+
+
+def metadata(body: Body, name: str, lbls: dict[str, str], annotations: dict[str, str] | None = None) -> dict:
+    return {
+        "name": name,
+        "namespace": body["metadata"]["namespace"],
+        "labels": lbls,
+        "annotations": annotations or {},
+        "ownerReferences": [owner_reference(body)],
+    }
+
+
+# ---- pods ------------------------------------------------------------------------------------
+
+
+def _dump(model: Any) -> Any:
+    return model.model_dump(mode="json", by_alias=True, exclude_none=True)
+
+
+def placement(spec: PodPlacement, settings: OperatorSettings) -> dict[str, Any]:
+    """nodeSelector / tolerations / affinity / resources: the pool's defaults, then the spec's
+    own values on top (the spec wins key by key)."""
+    pool = settings.pools.get(spec.pool or "")
+    node_selector: dict[str, str] = {}
+    tolerations: list[dict[str, Any]] = []
+    resources: dict[str, dict[str, Any]] = {}
+    if pool is not None:
+        node_selector.update(pool.node_selector)
+        tolerations += [_dump(t) for t in pool.tolerations]
+        for part, values in _dump(pool.resources).items():
+            resources.setdefault(part, {}).update(values)
+    if spec.pool:
+        node_selector[settings.pool_label] = spec.pool
+    node_selector.update(spec.node_selector)
+    for t in (_dump(t) for t in spec.tolerations):
+        if t not in tolerations:
+            tolerations.append(t)
+    for part, values in _dump(spec.resources).items():
+        resources.setdefault(part, {}).update(values)
+    out: dict[str, Any] = {"resources": {k: {n: str(q) for n, q in v.items()} for k, v in resources.items()}}
+    if node_selector:
+        out["nodeSelector"] = node_selector
+    if tolerations:
+        out["tolerations"] = tolerations
+    if spec.affinity:
+        out["affinity"] = spec.affinity
+    return out
+
+
+def s3_endpoint(storage: S3Storage, settings: OperatorSettings) -> str | None:
+    return storage.endpoint or settings.s3_endpoint
+
+
+def secret_name(storage: S3Storage, settings: OperatorSettings) -> str:
+    return storage.secret_name or settings.credentials_secret
+
+
+def storage_config(storage: S3Storage, settings: OperatorSettings) -> StorageConfig:
+    return StorageConfig(
+        uri=storage.uri, endpoint=s3_endpoint(storage, settings), secure=storage.secure, region=storage.region
+    )
+
+
+def storage_env(storage: S3Storage, settings: OperatorSettings) -> list[dict[str, Any]]:
+    """Endpoint as a value, credentials only as Secret references (never in args or status)."""
+    secret = secret_name(storage, settings)
+    env: list[dict[str, Any]] = []
+    endpoint = s3_endpoint(storage, settings)
+    if endpoint:
+        env.append({"name": "PARIS_S3_ENDPOINT", "value": endpoint})
+    for var, key in (("AWS_ACCESS_KEY_ID", storage.access_key_key), ("AWS_SECRET_ACCESS_KEY", storage.secret_key_key)):
+        env.append({"name": var, "valueFrom": {"secretKeyRef": {"name": secret, "key": key}}})
+    return env
+
+
+def config_yaml(cfg: RunConfig) -> str:
+    """The whole RunConfig as YAML text, for env PARIS_CONFIG (no file to mount)."""
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=True)
+
+
+def pod_spec(
+    spec: PodPlacement,
+    settings: OperatorSettings,
+    container: dict[str, Any],
+    restart_policy: str,
+) -> dict[str, Any]:
+    where = placement(spec, settings)
+    c = {
+        "image": spec.image or settings.trainer_image,
+        "imagePullPolicy": spec.image_pull_policy,
+        "resources": where.pop("resources"),
+        "securityContext": {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}},
+        **container,
+    }
+    return {
+        "restartPolicy": restart_policy,
+        # Trainers and servers only talk to the object store: no API token in the pod.
+        "automountServiceAccountToken": False,
+        "enableServiceLinks": False,
+        "securityContext": {"runAsNonRoot": True, "runAsUser": TRAINER_UID, "runAsGroup": TRAINER_UID},
+        "containers": [c],
+        **where,
+    }
+
+
+# ---- ParisExpert -> Job -------------------------------------------------------------------
+
+
+def expert_run_config(spec: ParisExpertSpec, settings: OperatorSettings) -> RunConfig:
+    return RunConfig(
+        model=spec.model,
+        storage=storage_config(spec.storage, settings),
+        data=spec.data,
+        expert=spec.expert,
+        train=spec.train,
+    )
+
+
+def build_expert_job(body: Body, spec: ParisExpertSpec, settings: OperatorSettings) -> dict[str, Any]:
+    """One batch/v1 Job running `paris train expert --cluster K`; the Job's retries are the
+    fault tolerance (each new pod resumes from latest.json)."""
+    name = body["metadata"]["name"]
+    lbls = labels(body, "expert", spec.model, cluster=str(spec.cluster))
+    env = [
+        {"name": "PARIS_CONFIG", "value": config_yaml(expert_run_config(spec, settings))},
+        *storage_env(spec.storage, settings),
+        {"name": "PYTHONUNBUFFERED", "value": "1"},
+    ]
+    container = {
+        "name": "trainer",
+        "command": ["paris", "train", "expert", "--cluster", str(spec.cluster)],
+        "env": env,
+    }
+    job_spec: dict[str, Any] = {
+        "backoffLimit": spec.backoff_limit,
+        "template": {
+            "metadata": {"labels": lbls},
+            "spec": pod_spec(spec, settings, container, restart_policy="Never"),
+        },
+    }
+    if spec.active_deadline_seconds:
+        job_spec["activeDeadlineSeconds"] = spec.active_deadline_seconds
+    job: dict[str, Any] = {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": metadata(body, expert_job_name(name), lbls),
+        "spec": job_spec,
+    }
+    return {**job, "metadata": {**job["metadata"], "annotations": {SPEC_HASH: digest(job_spec)}}}
+
+
+# ---- ParisRouter -> Job, Deployment, Service ----------------------------------------------------
+
+
+def router_run_config(spec: ParisRouterSpec, settings: OperatorSettings) -> RunConfig:
+    inf = spec.inference
+    return RunConfig(
+        model=spec.model,
+        storage=storage_config(spec.storage, settings),
+        data=spec.data,
+        router=spec.router,
+        sample=SampleConfig(steps=inf.steps, guidance=inf.guidance, shift=inf.shift, routing=[inf.routing]),
+    )
+
+
+def router_training_hash(spec: ParisRouterSpec, settings: OperatorSettings) -> str:
+    """What the router's weights depend on; a change trains (and rolls out) a new router."""
+    cfg = router_run_config(spec, settings)
+    return digest(
+        {"model": cfg.model, "storage": cfg.storage.uri, "data": _dump(cfg.data), "router": _dump(cfg.router)}
+    )
+
+
+def build_router_job(body: Body, spec: ParisRouterSpec, settings: OperatorSettings) -> dict[str, Any]:
+    """`paris train router`: trains the router, then assembles and publishes the pipeline."""
+    h = router_training_hash(spec, settings)
+    lbls = labels(body, "router-train", spec.model)
+    container = {
+        "name": "trainer",
+        "command": ["paris", "train", "router"],
+        "env": [
+            {"name": "PARIS_CONFIG", "value": config_yaml(router_run_config(spec, settings))},
+            *storage_env(spec.storage, settings),
+            {"name": "PYTHONUNBUFFERED", "value": "1"},
+        ],
+    }
+    job_spec = {
+        "backoffLimit": spec.backoff_limit,
+        "template": {"metadata": {"labels": lbls}, "spec": pod_spec(spec, settings, container, "Never")},
+    }
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": metadata(body, router_job_name(body["metadata"]["name"], h), lbls, {SPEC_HASH: h}),
+        "spec": job_spec,
+    }
+
+
+def build_serve_deployment(
+    body: Body, spec: ParisRouterSpec, settings: OperatorSettings, pipeline: str
+) -> dict[str, Any]:
+    """`paris serve` behind a readiness probe on /readyz (true once the weights loaded).
+    `pipeline` names the training that produced the weights: a new one rolls the pods."""
+    inf = spec.inference
+    name = serve_name(body["metadata"]["name"])
+    selector = {"app.kubernetes.io/instance": body["metadata"]["name"], "app.kubernetes.io/component": "serve"}
+    lbls = labels(body, "serve", spec.model)
+    container = {
+        "name": "serve",
+        "command": ["paris", "serve"],
+        "env": [
+            {"name": "PARIS_CONFIG", "value": config_yaml(router_run_config(spec, settings))},
+            *storage_env(spec.storage, settings),
+            {"name": "PORT", "value": str(inf.port)},
+            {"name": "PYTHONUNBUFFERED", "value": "1"},
+        ],
+        "ports": [{"name": "http", "containerPort": inf.port, "protocol": "TCP"}],
+        "readinessProbe": {"httpGet": {"path": "/readyz", "port": "http"}, "periodSeconds": 5, "failureThreshold": 3},
+        "livenessProbe": {
+            "httpGet": {"path": "/healthz", "port": "http"},
+            "initialDelaySeconds": 10,
+            "periodSeconds": 20,
+            "failureThreshold": 3,
+        },
+    }
+    template = {
+        "metadata": {"labels": lbls, "annotations": {f"{API_GROUP}/pipeline": pipeline}},
+        "spec": pod_spec(inf, settings, container, "Always"),
+    }
+    deploy_spec = {
+        "replicas": inf.replicas,
+        "selector": {"matchLabels": selector},
+        "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}},
+        "template": template,
+    }
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": metadata(body, name, lbls, {SPEC_HASH: digest(deploy_spec)}),
+        "spec": deploy_spec,
+    }
+
+
+def build_serve_service(body: Body, spec: ParisRouterSpec) -> dict[str, Any]:
+    inf = spec.inference
+    selector = {"app.kubernetes.io/instance": body["metadata"]["name"], "app.kubernetes.io/component": "serve"}
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": metadata(body, serve_name(body["metadata"]["name"]), labels(body, "serve", spec.model)),
+        "spec": {
+            "type": inf.service_type,
+            "selector": selector,
+            "ports": [{"name": "http", "port": 80, "targetPort": "http", "protocol": "TCP"}],
+        },
+    }
+
+
+def endpoint_url(service: Mapping[str, Any]) -> str:
+    meta = service["metadata"]
+    return f"http://{meta['name']}.{meta['namespace']}.svc.cluster.local/v1/generate"

@@ -1,0 +1,295 @@
+"""Status as a pure function of what the operator observed (KubeRay/Kubeflow conventions).
+
+Each reconcile gathers facts (the Job, the Secret, progress.json, latest.json, the experts,
+the Deployment) and calls one of these functions; they return the complete new status and
+the phase transition, if any, so that events are posted once per transition and a restarted
+operator computes the same status from the same facts.
+
+Conditions: `type`, `status` ("True"/"False"/"Unknown"), `reason` (CamelCase), `message`,
+`lastTransitionTime` (changes only when `status` flips).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+PENDING, TRAINING, SUCCEEDED, FAILED = "Pending", "Training", "Succeeded", "Failed"
+DEPLOYING, READY = "Deploying", "Ready"
+
+
+def now() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def condition(type_: str, status: bool | None, reason: str, message: str = "", at: str | None = None) -> dict:
+    return {
+        "type": type_,
+        "status": "Unknown" if status is None else "True" if status else "False",
+        "reason": reason,
+        "message": message,
+        "lastTransitionTime": at or now(),
+    }
+
+
+def merge_conditions(old: list[Mapping[str, Any]] | None, new: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """New conditions replace old ones of the same type, but keep the old transition time when
+    the status did not flip (so the time says when it *became* so)."""
+    before = {c["type"]: c for c in old or []}
+    out = []
+    for c in new:
+        prev = before.get(c["type"])
+        if prev is not None and prev.get("status") == c["status"]:
+            c = {**c, "lastTransitionTime": prev.get("lastTransitionTime", c["lastTransitionTime"])}
+        out.append(c)
+    kept = {c["type"] for c in new}
+    return out + [dict(c) for t, c in before.items() if t not in kept]
+
+
+@dataclass
+class Transition:
+    """A phase change, posted as a Kubernetes Event on the resource."""
+
+    old: str | None
+    new: str
+    reason: str
+    message: str
+    warning: bool = False
+
+
+@dataclass
+class ExpertFacts:
+    generation: int
+    job: Mapping[str, Any] | None  # batch/v1 Job as a dict (camelCase), None if absent
+    secret_problem: str | None = None  # why the credentials are unusable, if they are
+    progress: Mapping[str, Any] | None = None  # progress.json
+    checkpoint: str | None = None  # URI of the checkpoint latest.json points at
+    total_steps: int = 0
+    invalid_spec: str | None = None
+    storage_problem: str | None = None
+    pod_problem: str | None = None  # e.g. CreateContainerConfigError of the current pod
+
+
+@dataclass
+class Computed:
+    status: dict[str, Any]
+    transition: Transition | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def _job_condition(job: Mapping[str, Any], type_: str) -> Mapping[str, Any] | None:
+    for c in (job.get("status") or {}).get("conditions") or []:
+        if c.get("type") == type_ and c.get("status") == "True":
+            return c
+    return None
+
+
+def job_outcome(job: Mapping[str, Any] | None) -> tuple[str, str, str]:
+    """(phase, reason, message) of a Job: Pending / Training (a pod is ready) / Succeeded / Failed."""
+    if job is None:
+        return PENDING, "JobNotCreated", "the training Job does not exist yet"
+    if c := _job_condition(job, "Complete"):
+        return SUCCEEDED, "JobComplete", c.get("message") or "the training Job completed"
+    if c := _job_condition(job, "Failed"):
+        return FAILED, c.get("reason") or "JobFailed", c.get("message") or "the training Job failed"
+    st = job.get("status") or {}
+    if st.get("ready") or 0:
+        return TRAINING, "PodRunning", "the trainer pod is running"
+    if st.get("active") or 0:
+        return PENDING, "PodStarting", "waiting for the trainer pod to start"
+    return PENDING, "JobCreated", "waiting for the Job controller"
+
+
+def expert_status(old: Mapping[str, Any] | None, f: ExpertFacts) -> Computed:
+    """The full status of a ParisExpert from the facts of one reconcile."""
+    old = old or {}
+    t = now()
+    if f.invalid_spec is not None:
+        phase, reason, message = FAILED, "InvalidSpec", f.invalid_spec
+    elif f.job is None and f.secret_problem is not None:
+        phase, reason, message = PENDING, "SecretNotReady", f.secret_problem
+    else:
+        phase, reason, message = job_outcome(f.job)
+        if phase == PENDING and f.secret_problem is not None:
+            reason, message = "SecretNotReady", f.secret_problem
+        elif phase == PENDING and f.pod_problem is not None:
+            reason, message = "PodNotStarting", f.pod_problem
+
+    p = f.progress or {}
+    total = f.total_steps or int(p.get("total") or 0)
+    step = int(p.get("step") or old.get("step") or 0)
+    if phase == SUCCEEDED:
+        step = max(step, total)
+    status: dict[str, Any] = {
+        "phase": phase,
+        "reason": reason,
+        "message": message,
+        "observedGeneration": f.generation,
+        "step": step,
+        "totalSteps": total,
+        "progress": f"{step}/{total}",
+        "jobName": (f.job or {}).get("metadata", {}).get("name"),
+    }
+    for key, src in (("loss", "loss"), ("samplesPerSecond", "samples_per_s"), ("device", "device")):
+        value = p.get(src, old.get(key))
+        if value is not None:
+            status[key] = round(value, 5) if isinstance(value, float) else value
+    if f.checkpoint or old.get("checkpoint"):
+        status["checkpoint"] = f.checkpoint or old.get("checkpoint")
+    job_status = (f.job or {}).get("status") or {}
+    start = old.get("startTime") or job_status.get("startTime")
+    if start:
+        status["startTime"] = start
+    if phase in (SUCCEEDED, FAILED):
+        status["completionTime"] = old.get("completionTime") or job_status.get("completionTime") or t
+    if job_status.get("failed"):
+        status["podFailures"] = job_status["failed"]
+
+    conds = [
+        condition(
+            "SecretReady",
+            f.secret_problem is None,
+            "SecretFound" if f.secret_problem is None else "SecretNotReady",
+            f.secret_problem or "",
+            t,
+        ),
+        condition(
+            "Created",
+            f.job is not None,
+            "JobCreated" if f.job is not None else reason,
+            "" if f.job is not None else message,
+            t,
+        ),
+        condition("Running", phase == TRAINING, reason, message if phase == TRAINING else "", t),
+        condition(
+            "Succeeded",
+            phase == SUCCEEDED,
+            reason if phase == SUCCEEDED else "NotFinished",
+            message if phase == SUCCEEDED else "",
+            t,
+        ),
+        condition(
+            "Failed", phase == FAILED, reason if phase == FAILED else "NotFailed", message if phase == FAILED else "", t
+        ),
+    ]
+    if f.storage_problem is not None:
+        conds.append(condition("StorageReachable", False, "StorageUnreachable", f.storage_problem, t))
+    elif f.secret_problem is None and f.invalid_spec is None:
+        conds.append(condition("StorageReachable", True, "ProgressRead", "", t))
+    status["conditions"] = merge_conditions(old.get("conditions"), conds)
+    return Computed(status, _transition(old, phase, reason, message))
+
+
+def _transition(old: Mapping[str, Any], phase: str, reason: str, message: str) -> Transition | None:
+    before = old.get("phase")
+    if before == phase and old.get("reason") == reason:
+        return None
+    return Transition(before, phase, reason, message, warning=phase == FAILED or reason.endswith("NotReady"))
+
+
+@dataclass
+class RouterFacts:
+    generation: int
+    experts: Sequence[Mapping[str, Any]]  # the selected ParisExperts
+    needed: int  # how many must be Succeeded
+    secret_problem: str | None = None
+    job: Mapping[str, Any] | None = None  # the current training Job
+    deployment: Mapping[str, Any] | None = None
+    endpoint: str | None = None
+    invalid_spec: str | None = None
+    replicas: int = 1
+
+
+def experts_ready(experts: Sequence[Mapping[str, Any]]) -> list[str]:
+    return sorted(e["metadata"]["name"] for e in experts if (e.get("status") or {}).get("phase") == SUCCEEDED)
+
+
+def deployment_available(dep: Mapping[str, Any] | None, replicas: int) -> bool:
+    """Rolled out: the controller saw the latest spec, and every replica is updated and ready
+    with no old pod left."""
+    if dep is None:
+        return False
+    st = dep.get("status") or {}
+    if (st.get("observedGeneration") or 0) < (dep.get("metadata", {}).get("generation") or 0):
+        return False
+    updated, ready, total = (st.get(k) or 0 for k in ("updatedReplicas", "readyReplicas", "replicas"))
+    return updated >= replicas and ready >= replicas and total == updated
+
+
+def router_status(old: Mapping[str, Any] | None, f: RouterFacts) -> Computed:
+    old = old or {}
+    t = now()
+    ready = experts_ready(f.experts)
+    failed = sorted(e["metadata"]["name"] for e in f.experts if (e.get("status") or {}).get("phase") == FAILED)
+    enough = len(f.experts) > 0 and len(ready) >= f.needed
+    train_phase, train_reason, train_msg = job_outcome(f.job)
+    available = deployment_available(f.deployment, f.replicas)
+
+    if f.invalid_spec is not None:
+        phase, reason, message = FAILED, "InvalidSpec", f.invalid_spec
+    elif not enough:
+        phase, reason = PENDING, "WaitingForExperts"
+        message = f"{len(ready)}/{f.needed} experts succeeded"
+        if not f.experts:
+            message = "no ParisExpert matches spec.experts"
+        if failed:
+            message += f"; failed: {', '.join(failed)}"
+    elif f.job is None and f.secret_problem is not None:
+        phase, reason, message = PENDING, "SecretNotReady", f.secret_problem
+    elif train_phase != SUCCEEDED:
+        phase = FAILED if train_phase == FAILED else TRAINING
+        reason, message = (
+            ("RouterTrainingFailed", train_msg) if train_phase == FAILED else ("TrainingRouter", train_msg)
+        )
+    elif not available:
+        phase, reason, message = DEPLOYING, "RollingOut", "waiting for the inference Deployment to become available"
+    else:
+        phase, reason, message = READY, "Available", f"serving at {f.endpoint}"
+
+    dst = (f.deployment or {}).get("status") or {}
+    status: dict[str, Any] = {
+        "phase": phase,
+        "reason": reason,
+        "message": message,
+        "observedGeneration": f.generation,
+        "expertsReady": f"{len(ready)}/{max(f.needed, len(f.experts))}",
+        "readyExperts": ready,
+        "trainJob": (f.job or {}).get("metadata", {}).get("name"),
+        "readyReplicas": dst.get("readyReplicas") or 0,
+    }
+    if f.endpoint:
+        status["endpoint"] = f.endpoint
+    start = old.get("startTime") or ((f.job or {}).get("status") or {}).get("startTime")
+    if start:
+        status["startTime"] = start
+    if phase == READY:
+        status["completionTime"] = old.get("completionTime") or t
+    conds = [
+        condition(
+            "ExpertsReady",
+            enough,
+            "ExpertsSucceeded" if enough else "WaitingForExperts",
+            status["expertsReady"] + " experts succeeded",
+            t,
+        ),
+        condition("RouterTrained", train_phase == SUCCEEDED, train_reason, train_msg, t),
+        condition(
+            "Available",
+            available,
+            "DeploymentAvailable" if available else "DeploymentNotAvailable",
+            f.endpoint or "" if available else "",
+            t,
+        ),
+    ]
+    if f.secret_problem is not None:
+        conds.append(condition("SecretReady", False, "SecretNotReady", f.secret_problem, t))
+    status["conditions"] = merge_conditions(old.get("conditions"), conds)
+    return Computed(status, _transition(old, phase, reason, message))
+
+
+def changed(old: Mapping[str, Any] | None, new: Mapping[str, Any]) -> dict[str, Any]:
+    """The top-level status keys whose value differs (what a merge patch needs to send)."""
+    old = old or {}
+    return {k: v for k, v in new.items() if old.get(k) != v}

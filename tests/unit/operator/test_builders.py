@@ -1,0 +1,172 @@
+"""Child objects are pure functions of the resource: deterministic names, owner references,
+credentials only by Secret reference, no distributed-training env, placement from the pool."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import yaml
+
+from paris.config import OperatorSettings, ParisExpertSpec, ParisRouterSpec, parse_config
+from paris.operator import builders
+
+from .conftest import expert_body, router_body
+
+
+def _expert_job(settings: OperatorSettings, **spec: Any) -> dict[str, Any]:
+    body = expert_body(**spec)
+    return builders.build_expert_job(body, ParisExpertSpec.model_validate(body["spec"]), settings)
+
+
+def _env(container: dict[str, Any]) -> dict[str, Any]:
+    return {e["name"]: e for e in container["env"]}
+
+
+def test_expert_job_identity(settings: OperatorSettings) -> None:
+    job = _expert_job(settings)
+    assert job == _expert_job(settings), "same input, same object"
+    meta = job["metadata"]
+    assert meta["name"] == "digits-expert-3-train" and meta["namespace"] == "ns1"
+    owner = meta["ownerReferences"][0]
+    assert owner == {
+        "apiVersion": "paris.dev/v1alpha1",
+        "kind": "ParisExpert",
+        "name": "digits-expert-3",
+        "uid": "uid-123",
+        "controller": True,
+        "blockOwnerDeletion": True,
+    }
+    assert meta["labels"]["paris.dev/expert"] == "digits-expert-3"
+    assert meta["labels"]["paris.dev/cluster"] == "3"
+    assert job["spec"]["template"]["metadata"]["labels"] == meta["labels"]
+    assert meta["annotations"][builders.SPEC_HASH]
+
+
+def test_expert_pod_runs_the_trainer_with_its_config(settings: OperatorSettings) -> None:
+    job = _expert_job(settings)
+    pod = job["spec"]["template"]["spec"]
+    c = pod["containers"][0]
+    assert c["command"] == ["paris", "train", "expert", "--cluster", "3"]
+    assert c["image"] == "example.org/paris-trainer:test"
+    cfg = parse_config(yaml.safe_load(_env(c)["PARIS_CONFIG"]["value"]))
+    assert cfg.model == "digits" and cfg.train.steps == 30 and cfg.train.checkpoint_every == 15
+    assert cfg.storage.uri == "s3://paris" and cfg.storage.endpoint == "minio.minio.svc:9000"
+    assert _env(c)["PARIS_S3_ENDPOINT"]["value"] == "minio.minio.svc:9000"
+    assert pod["restartPolicy"] == "Never" and job["spec"]["backoffLimit"] == 6
+    assert pod["automountServiceAccountToken"] is False
+    assert pod["securityContext"]["runAsNonRoot"] is True
+
+
+def test_credentials_only_by_secret_reference(settings: OperatorSettings) -> None:
+    c = _expert_job(settings)["spec"]["template"]["spec"]["containers"][0]
+    env = _env(c)
+    for var in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+        assert "value" not in env[var]
+        assert env[var]["valueFrom"]["secretKeyRef"]["name"] == "paris-s3"
+    assert env["AWS_ACCESS_KEY_ID"]["valueFrom"]["secretKeyRef"]["key"] == "AWS_ACCESS_KEY_ID"
+    # Without secretName in the spec, the operator's default Secret is used.
+    c2 = _expert_job(settings, storage={"uri": "s3://paris"})["spec"]["template"]["spec"]["containers"][0]
+    assert _env(c2)["AWS_SECRET_ACCESS_KEY"]["valueFrom"]["secretKeyRef"]["name"] == "default-creds"
+
+
+def test_no_distributed_training_env_anywhere(settings: OperatorSettings) -> None:
+    rb = router_body()
+    rspec = ParisRouterSpec.model_validate(rb["spec"])
+    objs = [
+        _expert_job(settings),
+        builders.build_router_job(rb, rspec, settings),
+        builders.build_serve_deployment(rb, rspec, settings, "p"),
+    ]
+    for obj in objs:
+        for c in obj["spec"]["template"]["spec"]["containers"]:
+            names = set(_env(c))
+            assert not names & builders.DISTRIBUTED_ENV, names & builders.DISTRIBUTED_ENV
+            assert not any(n.startswith(("NCCL_", "TORCHELASTIC_", "PET_")) for n in names)
+
+
+def test_placement_merges_pool_defaults_and_spec(settings: OperatorSettings) -> None:
+    own = [{"key": "kwok.x-k8s.io/node", "operator": "Exists", "effect": "NoSchedule"}]
+    job = _expert_job(
+        settings,
+        tolerations=own,
+        nodeSelector={"zone": "a"},
+        resources={"requests": {"cpu": "2"}, "limits": {"memory": "8Gi"}},
+        affinity={"nodeAffinity": {"x": 1}},
+    )
+    pod = job["spec"]["template"]["spec"]
+    assert pod["nodeSelector"] == {"pool": "a40", "zone": "a"}
+    keys = [t["key"] for t in pod["tolerations"]]
+    assert keys == ["nvidia.com/gpu", "kwok.x-k8s.io/node"]
+    res = pod["containers"][0]["resources"]
+    assert res == {"limits": {"nvidia.com/gpu": "1", "memory": "8Gi"}, "requests": {"cpu": "2"}}
+    assert pod["affinity"] == {"nodeAffinity": {"x": 1}}
+
+
+def test_pool_label_is_configurable(settings: OperatorSettings) -> None:
+    s = settings.model_copy(update={"pool_label": "cloud.example/pool"})
+    pod = _expert_job(s, pool="h100")["spec"]["template"]["spec"]
+    assert pod["nodeSelector"] == {"cloud.example/pool": "h100"}
+    assert "tolerations" not in pod  # h100 has no defaults here and the spec sets none
+
+
+def test_long_names_stay_valid_label_values() -> None:
+    name = builders.child_name("x" * 80, "train")
+    assert len(name) <= 63 and name.endswith("-train")
+    assert name != builders.child_name("x" * 79 + "y", "train")
+    assert builders.child_name("short", "train") == "short-train"
+
+
+def test_spec_change_changes_the_hash(settings: OperatorSettings) -> None:
+    a = _expert_job(settings)["metadata"]["annotations"][builders.SPEC_HASH]
+    b = _expert_job(settings, train={"steps": 60})["metadata"]["annotations"][builders.SPEC_HASH]
+    assert a != b
+
+
+def test_router_children(settings: OperatorSettings) -> None:
+    body = router_body()
+    spec = ParisRouterSpec.model_validate(body["spec"])
+    job = builders.build_router_job(body, spec, settings)
+    assert job["metadata"]["name"].startswith("digits-train-")
+    c = job["spec"]["template"]["spec"]["containers"][0]
+    assert c["command"] == ["paris", "train", "router"]
+    cfg = parse_config(yaml.safe_load(_env(c)["PARIS_CONFIG"]["value"]))
+    assert cfg.router.train.steps == 30 and cfg.storage.uri == "s3://paris/prefix"
+    assert cfg.storage.endpoint == "minio:9000"
+
+    dep = builders.build_serve_deployment(body, spec, settings, pipeline=job["metadata"]["name"])
+    svc = builders.build_serve_service(body, spec)
+    pod = dep["spec"]["template"]
+    assert dep["spec"]["selector"]["matchLabels"].items() <= pod["metadata"]["labels"].items()
+    assert svc["spec"]["selector"] == dep["spec"]["selector"]["matchLabels"]
+    serve = pod["spec"]["containers"][0]
+    assert serve["command"] == ["paris", "serve"]
+    assert serve["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    assert _env(serve)["PORT"]["value"] == "8000"
+    serve_cfg = parse_config(yaml.safe_load(_env(serve)["PARIS_CONFIG"]["value"]))
+    assert serve_cfg.sample.routing == ["top2"] and serve_cfg.sample.steps == 4
+    assert pod["spec"]["automountServiceAccountToken"] is False
+    assert builders.endpoint_url(svc) == "http://digits-serve.ns1.svc.cluster.local/v1/generate"
+
+
+def test_router_generations(settings: OperatorSettings) -> None:
+    """Router training depends on the router config, not on inference knobs; the Deployment
+    depends on both (a new router rolls the pods through the pipeline annotation)."""
+
+    def children(**spec: Any) -> tuple[str, str]:
+        body = router_body(**spec)
+        s = ParisRouterSpec.model_validate(body["spec"])
+        job = builders.build_router_job(body, s, settings)["metadata"]["name"]
+        dep = builders.build_serve_deployment(body, s, settings, pipeline=job)
+        return job, dep["metadata"]["annotations"][builders.SPEC_HASH]
+
+    job0, dep0 = children()
+    job1, dep1 = children(inference={"routing": "full", "steps": 4, "pool": "cpu"})
+    job2, dep2 = children(router={"train": {"steps": 60}})
+    assert job0 == job1 != job2
+    assert len({dep0, dep1, dep2}) == 3
+
+
+def test_nothing_secret_in_any_object(settings: OperatorSettings) -> None:
+    text = json.dumps(_expert_job(settings))
+    assert "secretKeyRef" in text and 'SECRET_ACCESS_KEY", "value"' not in text

@@ -1,0 +1,141 @@
+"""Status transitions are pure functions of the observed Job, Secret and progress."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from paris.operator.status import (
+    DEPLOYING,
+    FAILED,
+    PENDING,
+    READY,
+    SUCCEEDED,
+    TRAINING,
+    ExpertFacts,
+    RouterFacts,
+    changed,
+    condition,
+    deployment_available,
+    expert_status,
+    job_outcome,
+    merge_conditions,
+    router_status,
+)
+
+
+def job(**status: Any) -> dict[str, Any]:
+    return {"metadata": {"name": "e-train"}, "status": status}
+
+
+def done(type_: str, reason: str = "", message: str = "") -> dict[str, Any]:
+    return job(conditions=[{"type": type_, "status": "True", "reason": reason, "message": message}])
+
+
+def cond(status: dict[str, Any], type_: str) -> dict[str, Any]:
+    return next(c for c in status["conditions"] if c["type"] == type_)
+
+
+def test_job_outcomes() -> None:
+    assert job_outcome(None)[0] == PENDING
+    assert job_outcome(job(active=1))[:2] == (PENDING, "PodStarting")
+    assert job_outcome(job(active=1, ready=1))[0] == TRAINING
+    assert job_outcome(done("Complete"))[0] == SUCCEEDED
+    assert job_outcome(done("Failed", "BackoffLimitExceeded", "too many"))[:2] == (FAILED, "BackoffLimitExceeded")
+
+
+def test_expert_lifecycle() -> None:
+    s0 = expert_status(None, ExpertFacts(1, None, total_steps=30))
+    assert s0.status["phase"] == PENDING and s0.transition and s0.transition.old is None
+
+    running = job(active=1, ready=1, startTime="2026-01-01T00:00:00Z")
+    progress = {"step": 15, "total": 30, "loss": 0.123456789, "samples_per_s": 100.0, "device": "cuda", "state": "x"}
+    s1 = expert_status(s0.status, ExpertFacts(1, running, progress=progress, checkpoint="s3://b/ck", total_steps=30))
+    st = s1.status
+    assert (st["phase"], st["step"], st["totalSteps"], st["progress"]) == (TRAINING, 15, 30, "15/30")
+    assert st["loss"] == 0.12346 and st["device"] == "cuda" and st["checkpoint"] == "s3://b/ck"
+    assert st["startTime"] == "2026-01-01T00:00:00Z" and st["observedGeneration"] == 1
+    assert cond(st, "Running")["status"] == "True"
+    assert s1.transition and (s1.transition.old, s1.transition.new) == (PENDING, TRAINING)
+
+    again = expert_status(st, ExpertFacts(1, running, progress=progress, total_steps=30))
+    assert again.transition is None, "no event without a change"
+    assert again.status["checkpoint"] == "s3://b/ck", "kept when the store is not read"
+
+    s2 = expert_status(st, ExpertFacts(1, done("Complete"), progress={**progress, "step": 29}, total_steps=30))
+    assert s2.status["phase"] == SUCCEEDED and s2.status["step"] == 30 and "completionTime" in s2.status
+    assert cond(s2.status, "Succeeded")["status"] == "True" and cond(s2.status, "Running")["status"] == "False"
+
+
+def test_failed_expert_is_a_warning() -> None:
+    s = expert_status({"phase": TRAINING}, ExpertFacts(2, done("Failed", "BackoffLimitExceeded", "6 retries")))
+    assert s.status["phase"] == FAILED and s.status["reason"] == "BackoffLimitExceeded"
+    assert s.transition and s.transition.warning and cond(s.status, "Failed")["status"] == "True"
+
+
+def test_missing_secret_is_a_clear_condition() -> None:
+    msg = "Secret ns/paris-s3 not found: create it with keys AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY"
+    s = expert_status(None, ExpertFacts(1, None, secret_problem=msg, total_steps=30))
+    assert (s.status["phase"], s.status["reason"], s.status["message"]) == (PENDING, "SecretNotReady", msg)
+    c = cond(s.status, "SecretReady")
+    assert (c["status"], c["message"]) == ("False", msg)
+    assert s.transition and s.transition.warning
+
+
+def test_invalid_spec_fails_without_children() -> None:
+    s = expert_status(None, ExpertFacts(1, None, invalid_spec="spec.cluster: required"))
+    assert s.status["phase"] == FAILED and s.status["reason"] == "InvalidSpec"
+
+
+def test_conditions_keep_their_transition_time() -> None:
+    old = [condition("Running", True, "PodRunning", at="2026-01-01T00:00:00Z")]
+    same = merge_conditions(old, [condition("Running", True, "PodRunning", at="2026-02-02T00:00:00Z")])
+    assert same[0]["lastTransitionTime"] == "2026-01-01T00:00:00Z"
+    flipped = merge_conditions(old, [condition("Running", False, "Done", at="2026-02-02T00:00:00Z")])
+    assert flipped[0]["lastTransitionTime"] == "2026-02-02T00:00:00Z"
+
+
+def test_changed_sends_only_differences() -> None:
+    assert changed({"a": 1, "b": 2}, {"a": 1, "b": 3}) == {"b": 3}
+
+
+def expert(name: str, phase: str | None) -> dict[str, Any]:
+    return {"metadata": {"name": name}, "status": {"phase": phase} if phase else {}}
+
+
+def test_router_waits_then_trains_then_deploys() -> None:
+    experts = [expert(f"e{i}", SUCCEEDED if i < 5 else TRAINING) for i in range(8)]
+    s = router_status(None, RouterFacts(1, experts, needed=8))
+    assert (s.status["phase"], s.status["expertsReady"]) == (PENDING, "5/8")
+    assert cond(s.status, "ExpertsReady")["status"] == "False"
+
+    failed = [*experts[:7], expert("e7", FAILED)]
+    assert "failed: e7" in router_status(s.status, RouterFacts(1, failed, needed=8)).status["message"]
+
+    all_ok = [expert(f"e{i}", SUCCEEDED) for i in range(8)]
+    t = router_status(s.status, RouterFacts(1, all_ok, needed=8, job=job(active=1, ready=1)))
+    assert t.status["phase"] == TRAINING and t.status["expertsReady"] == "8/8"
+
+    dep = {"metadata": {"generation": 2}, "status": {"observedGeneration": 2, "replicas": 1, "updatedReplicas": 1}}
+    d = router_status(t.status, RouterFacts(1, all_ok, 8, job=done("Complete"), deployment=dep, endpoint="http://x"))
+    assert d.status["phase"] == DEPLOYING
+    dep["status"]["readyReplicas"] = 1
+    r = router_status(d.status, RouterFacts(1, all_ok, 8, job=done("Complete"), deployment=dep, endpoint="http://x"))
+    assert r.status["phase"] == READY and r.status["endpoint"] == "http://x"
+    assert cond(r.status, "Available")["status"] == "True" and cond(r.status, "RouterTrained")["status"] == "True"
+
+
+def test_router_with_no_experts_says_so() -> None:
+    s = router_status(None, RouterFacts(1, [], needed=0))
+    assert s.status["phase"] == PENDING and "no ParisExpert matches" in s.status["message"]
+
+
+def test_deployment_rollout_not_done_while_old_pods_remain() -> None:
+    dep = {
+        "metadata": {"generation": 3},
+        "status": {"observedGeneration": 3, "replicas": 2, "updatedReplicas": 1, "readyReplicas": 2},
+    }
+    assert not deployment_available(dep, 1)
+    dep["status"]["replicas"] = 1
+    assert deployment_available(dep, 1)
+    dep["status"]["observedGeneration"] = 2
+    assert not deployment_available(dep, 1)
