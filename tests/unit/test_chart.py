@@ -1,0 +1,133 @@
+"""The Helm chart lints, renders the operator with least-privilege RBAC, carries the
+generated CRDs, and passes its values to the operator as valid OperatorSettings."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from paris.config import OperatorSettings
+from tests.servers.procs import binary
+
+REPO = Path(__file__).resolve().parents[2]
+CHART = REPO / "charts" / "paris"
+KUBE_VERSION = "1.34.0"
+
+
+def helm(*args: str) -> str:
+    res = subprocess.run([binary("helm"), *args], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    return res.stdout
+
+
+def render(*sets: str) -> list[dict[str, Any]]:
+    argv = ["template", "rel", str(CHART), "--namespace", "paris-system", "--kube-version", KUBE_VERSION]
+    for s in sets:
+        argv += ["--set", s]
+    return [d for d in yaml.safe_load_all(helm(*argv, "--include-crds")) if d]
+
+
+def by_kind(docs: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
+    return [d for d in docs if d["kind"] == kind]
+
+
+def test_helm_lint() -> None:
+    out = helm("lint", str(CHART), "--kube-version", KUBE_VERSION, "--strict")
+    assert "0 chart(s) failed" in out
+
+
+def test_renders_crds_operator_and_rbac() -> None:
+    docs = render()
+    assert {d["metadata"]["name"] for d in by_kind(docs, "CustomResourceDefinition")} == {
+        "parisexperts.paris.dev",
+        "parisrouters.paris.dev",
+    }
+    (dep,) = by_kind(docs, "Deployment")
+    pod = dep["spec"]["template"]["spec"]
+    c = pod["containers"][0]
+    assert c["command"][:4] == ["kopf", "run", "-m", "paris.operator"]
+    assert "--all-namespaces" in c["command"] and "--standalone" in c["command"]
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert c["securityContext"]["readOnlyRootFilesystem"] is True
+    (sa,) = by_kind(docs, "ServiceAccount")
+    assert pod["serviceAccountName"] == sa["metadata"]["name"]
+    (binding,) = by_kind(docs, "ClusterRoleBinding")
+    assert binding["subjects"][0] == {
+        "kind": "ServiceAccount",
+        "name": sa["metadata"]["name"],
+        "namespace": "paris-system",
+    }
+
+
+def test_settings_from_values_are_valid() -> None:
+    (dep,) = by_kind(render("storage.endpoint=s3.example:9000", "pollSeconds=3", "trainerImage.tag=v9"), "Deployment")
+    env = {e["name"]: e.get("value") for e in dep["spec"]["template"]["spec"]["containers"][0]["env"]}
+    s = OperatorSettings.model_validate(yaml.safe_load(env["PARIS_OPERATOR_CONFIG"]))
+    assert s.s3_endpoint == "s3.example:9000" and s.poll_seconds == 3
+    assert s.trainer_image == "ghcr.io/paris-dev/paris-trainer:v9"
+    assert set(s.pools) == {"a40", "h100", "cpu"}
+    assert s.pools["a40"].tolerations[0].key == "nvidia.com/gpu"
+
+
+def rules(docs: list[dict[str, Any]]) -> dict[tuple[str, str], set[str]]:
+    (role,) = by_kind(docs, "ClusterRole")
+    out: dict[tuple[str, str], set[str]] = {}
+    for r in role["rules"]:
+        for g in r["apiGroups"]:
+            for res in r["resources"]:
+                out.setdefault((g, res), set()).update(r["verbs"])
+    return out
+
+
+def test_rbac_is_least_privilege() -> None:
+    r = rules(render())
+    assert r[("paris.dev", "parisexperts/status")] >= {"patch"}
+    assert r[("batch", "jobs")] >= {"create", "get", "list", "watch"}
+    assert r[("apps", "deployments")] >= {"create", "get", "update"}
+    assert r[("", "services")] >= {"create", "get"}
+    assert r[("", "pods")] == {"get", "list", "watch"}, "pods: read only"
+    assert r[("", "secrets")] == {"get"}, "secrets: get only, never list"
+    assert r[("", "events")] == {"create"}
+    for key, verbs in r.items():
+        assert "*" not in verbs and key[1] != "*", key
+    assert not {k for k in r if k[0] == "kopf.dev"}, "no peering rights without peering"
+    assert ("kopf.dev", "clusterkopfpeerings") in rules(render("peering.enabled=true"))
+
+
+def test_namespaced_watch_and_secret_creation() -> None:
+    docs = render(
+        "watch.allNamespaces=false",
+        "watch.namespaces={team-a,team-b}",
+        "storage.createSecret=true",
+        "storage.accessKey=ak",
+        "storage.secretKey=sk",
+    )
+    (dep,) = by_kind(docs, "Deployment")
+    cmd = dep["spec"]["template"]["spec"]["containers"][0]["command"]
+    assert "--namespace=team-a" in cmd and "--namespace=team-b" in cmd and "--all-namespaces" not in cmd
+    (secret,) = by_kind(docs, "Secret")
+    assert secret["stringData"] == {"AWS_ACCESS_KEY_ID": "ak", "AWS_SECRET_ACCESS_KEY": "sk"}
+
+
+def test_every_top_level_value_is_commented() -> None:
+    lines = (CHART / "values.yaml").read_text().splitlines()
+    for i, line in enumerate(lines):
+        if line and line[0].isalpha() and ":" in line:
+            assert lines[i - 1].startswith("#"), f"values.yaml:{i + 1} {line!r} has no comment above it"
+
+
+@pytest.mark.parametrize("image", ["trainer", "operator"])
+def test_images_run_as_non_root(image: str) -> None:
+    text = (REPO / "images" / image / "Dockerfile").read_text()
+    users = [ln.split()[1] for ln in text.splitlines() if ln.startswith("USER ")]
+    assert users and users[-1].split(":")[0] not in ("0", "root") and users[-1].split(":")[0].isdigit()
+    entry = next(ln for ln in text.splitlines() if ln.startswith("ENTRYPOINT"))
+    if image == "trainer":
+        assert "pip install" in text and ".[trainer]" in text and entry == 'ENTRYPOINT ["paris"]'
+    else:
+        assert ".[operator]" in text and "trainer" not in text.split("pip install", 1)[1].split("\n")[0]
+        assert entry == 'ENTRYPOINT ["kopf", "run", "-m", "paris.operator"]'
