@@ -1,0 +1,423 @@
+"""The operator on the real control plane: the example manifests become Jobs on their node
+pools, the real trainers (played by the pod runner) train against the real MinIO, the router
+trains and rolls out, and the endpoint answers with a PNG.
+
+Sized for 2 shared CPU cores: 8 tiny experts x 40 steps, a 30-step router, 4 sampling steps.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+import yaml
+from kubernetes.client.exceptions import ApiException
+from PIL import Image
+
+from tests.servers.cluster import FAKE_NODE_TOLERATIONS, Cluster
+from tests.servers.minio import MinioServer
+from tests.servers.podrunner import PodRunner
+from tests.servers.procs import ServerProcess
+
+REPO = Path(__file__).resolve().parents[2]
+EXAMPLES = REPO / "examples" / "k8s"
+GROUP, VERSION = "paris.dev", "v1alpha1"
+T = TypeVar("T")
+
+pytestmark = pytest.mark.timeout(1800)
+
+
+def eventually(fn: Callable[[], T | None], timeout: float, what: str, debug: Callable[[], str] | None = None) -> T:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = fn()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout:.0f}s waiting for {what}" + (f"\n{debug()}" if debug else ""))
+        time.sleep(0.5)
+
+
+class Operator:
+    """`kopf run -m paris.operator` as a subprocess against the test cluster; restartable."""
+
+    def __init__(self, cluster: Cluster, namespace: str, minio: MinioServer, workdir: Path) -> None:
+        self.cluster, self.namespace, self.minio, self.workdir = cluster, namespace, minio, workdir
+        self.proc: ServerProcess | None = None
+        self.runs = 0
+
+    def start(self) -> Operator:
+        self.runs += 1
+        env = {
+            **{k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "LANG", "VIRTUAL_ENV", "TMPDIR")},
+            **self.cluster.env(),
+            # Reach the test MinIO from outside the cluster, as the pods do through the runner.
+            "PARIS_S3_ENDPOINT": self.minio.url,
+            "PARIS_OPERATOR_CONFIG": yaml.safe_dump({"pollSeconds": 1.0, "trainerImage": "paris/trainer:test"}),
+        }
+        argv = [sys.executable, "-m", "kopf", "run", "-m", "paris.operator", "--standalone"]
+        argv += [f"--namespace={self.namespace}", "--verbose"]
+        self.proc = ServerProcess("operator", argv, self.log_path, env=env, cwd=REPO)
+        return self
+
+    @property
+    def log_path(self) -> Path:
+        return self.workdir / f"operator-{self.runs}.log"
+
+    def kill(self) -> None:
+        """SIGKILL, no chance to clean up: what a node failure does to the operator pod."""
+        assert self.proc is not None
+        os.killpg(os.getpgid(self.proc.pid), signal.SIGKILL)
+        self.proc.proc.wait(timeout=30)
+        self.proc.stop()
+        self.proc = None
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.stop()
+            self.proc = None
+
+    def logs(self) -> str:
+        return "\n".join(
+            f"--- operator run {i} ---\n"
+            + "\n".join((self.workdir / f"operator-{i}.log").read_text().splitlines()[-40:])
+            for i in range(1, self.runs + 1)
+            if (self.workdir / f"operator-{i}.log").exists()
+        )
+
+
+@pytest.fixture
+def operator(k8s_cluster: Cluster, k8s_namespace: str, minio_server: MinioServer, tmp_path: Path) -> Iterator[Operator]:
+    op = Operator(k8s_cluster, k8s_namespace, minio_server, tmp_path).start()
+    try:
+        yield op
+    finally:
+        op.stop()
+
+
+# ---- helpers -----------------------------------------------------------------------------------
+
+
+def custom(cluster: Cluster) -> Any:
+    from kubernetes import client
+
+    return client.CustomObjectsApi(cluster.api_client())
+
+
+def get_cr(cluster: Cluster, ns: str, plural: str, name: str) -> dict[str, Any]:
+    return custom(cluster).get_namespaced_custom_object(GROUP, VERSION, ns, plural, name)  # type: ignore[no-any-return]
+
+
+def list_cr(cluster: Cluster, ns: str, plural: str) -> list[dict[str, Any]]:
+    return list(custom(cluster).list_namespaced_custom_object(GROUP, VERSION, ns, plural)["items"])
+
+
+def apply(cluster: Cluster, ns: str, docs: list[dict[str, Any]]) -> subprocess.CompletedProcess[str]:
+    text = "---\n".join(yaml.safe_dump(d) for d in docs)
+    return cluster.kubectl("apply", "-n", ns, "-f", "-", input=text, check=False)
+
+
+def with_fake_node_toleration(spec: dict[str, Any]) -> None:
+    tol = spec.setdefault("tolerations", [])
+    tol += [t for t in FAKE_NODE_TOLERATIONS if t["key"] == "kwok.x-k8s.io/node"]
+
+
+def example_experts(bucket: str, steps: int = 40) -> list[dict[str, Any]]:
+    """examples/k8s/experts.yaml, patched: our bucket, few steps, one thread, kwok toleration."""
+    docs = [d for d in yaml.safe_load_all((EXAMPLES / "experts.yaml").read_text()) if d]
+    for d in docs:
+        s = d["spec"]
+        s["storage"]["uri"] = f"s3://{bucket}"
+        s["train"].update(steps=steps, checkpoint_every=steps // 2, batch_size=16, log_every=2, threads=1)
+        s["train"]["warmup_steps"] = 5
+        with_fake_node_toleration(s)
+    return docs
+
+
+def example_router(bucket: str) -> dict[str, Any]:
+    d = yaml.safe_load((EXAMPLES / "router.yaml").read_text())
+    s = d["spec"]
+    s["storage"]["uri"] = f"s3://{bucket}"
+    s["router"]["train"].update(steps=30, checkpoint_every=15, batch_size=16, threads=1, warmup_steps=5)
+    s["inference"]["steps"] = 4
+    with_fake_node_toleration(s)
+    with_fake_node_toleration(s["inference"])
+    return d
+
+
+def prepare_dataset(minio: MinioServer, bucket: str, tmp_path: Path) -> None:
+    """What a user does before applying experts: `paris data prepare` into the store."""
+    cfg = yaml.safe_load((EXAMPLES / "dataset.yaml").read_text())
+    cfg["storage"]["uri"] = f"s3://{bucket}"
+    path = tmp_path / "dataset.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    env = {**os.environ, **minio.env(), "OMP_NUM_THREADS": "1"}
+    res = subprocess.run(
+        [sys.executable, "-m", "paris", "data", "prepare", str(path)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "into 8 clusters" in res.stdout + res.stderr
+
+
+def create_secret(cluster: Cluster, ns: str, minio: MinioServer, name: str = "paris-s3") -> None:
+    cluster.core().create_namespaced_secret(
+        ns,
+        {
+            "metadata": {"name": name},
+            "stringData": {"AWS_ACCESS_KEY_ID": minio.access_key, "AWS_SECRET_ACCESS_KEY": minio.secret_key},
+        },
+    )
+
+
+def expert_jobs(cluster: Cluster, ns: str) -> list[Any]:
+    return list(cluster.batch().list_namespaced_job(ns, label_selector="app.kubernetes.io/component=expert").items)
+
+
+def events_for(cluster: Cluster, ns: str, name: str) -> list[Any]:
+    return [e for e in cluster.core().list_namespaced_event(ns).items if e.involved_object.name == name]
+
+
+# ---- the API server refuses what the models refuse -------------------------------------------------
+
+
+def test_invalid_manifests_are_refused_and_create_nothing(
+    k8s_cluster: Cluster, k8s_namespace: str, operator: Operator
+) -> None:
+    ns = k8s_namespace
+    good = example_experts("paris")[0]
+
+    negative = json.loads(json.dumps(good))
+    negative["metadata"]["name"] = "negative-steps"
+    negative["spec"]["train"]["steps"] = -5
+    res = apply(k8s_cluster, ns, [negative])
+    assert res.returncode != 0
+    assert "spec.train.steps" in res.stderr and "greater than or equal to 1" in res.stderr
+
+    missing = json.loads(json.dumps(good))
+    missing["metadata"]["name"] = "no-cluster"
+    del missing["spec"]["cluster"]
+    res = apply(k8s_cluster, ns, [missing])
+    assert res.returncode != 0 and "spec.cluster: Required value" in res.stderr
+
+    router = example_router("paris")
+    router["spec"]["inference"]["routing"] = "top-everything"
+    res = apply(k8s_cluster, ns, [router])
+    assert res.returncode != 0
+    assert "spec.inference.routing" in res.stderr and "top1|top2|topk" in res.stderr
+
+    both = example_router("paris")
+    both["spec"]["experts"]["names"] = ["digits-expert-0"]
+    res = apply(k8s_cluster, ns, [both])
+    assert res.returncode != 0 and "exactly one of experts.matchLabels and experts.names" in res.stderr
+
+    time.sleep(3)  # the operator would have reacted by now
+    assert list_cr(k8s_cluster, ns, "parisexperts") == [] and list_cr(k8s_cluster, ns, "parisrouters") == []
+    assert k8s_cluster.batch().list_namespaced_job(ns).items == []
+
+
+# ---- a missing Secret is a condition, not a crash loop ------------------------------------------------
+
+
+def test_missing_secret_reports_a_condition_then_converges(
+    k8s_cluster: Cluster, k8s_namespace: str, operator: Operator, minio_server: MinioServer
+) -> None:
+    ns = k8s_namespace
+    expert = example_experts("paris")[6]  # a cpu-pool expert
+    # Nowhere to run: the Job, once created, stays Pending (no trainer needed for this test).
+    expert["spec"]["nodeSelector"] = {"pool": "nowhere"}
+    assert apply(k8s_cluster, ns, [expert]).returncode == 0
+    name = expert["metadata"]["name"]
+
+    def pending_on_secret() -> dict[str, Any] | None:
+        st = get_cr(k8s_cluster, ns, "parisexperts", name).get("status") or {}
+        return st if st.get("reason") == "SecretNotReady" else None
+
+    st = eventually(pending_on_secret, 60, "the SecretNotReady status", operator.logs)
+    assert st["phase"] == "Pending"
+    assert "Secret" in st["message"] and "paris-s3" in st["message"] and "not found" in st["message"]
+    cond = next(c for c in st["conditions"] if c["type"] == "SecretReady")
+    assert cond["status"] == "False" and cond["reason"] == "SecretNotReady"
+    assert expert_jobs(k8s_cluster, ns) == [], "no Job while the credentials are missing"
+    warnings = [e for e in events_for(k8s_cluster, ns, name) if e.type == "Warning"]
+    assert any(e.reason == "SecretNotReady" for e in warnings)
+    time.sleep(3)
+    assert expert_jobs(k8s_cluster, ns) == [] and operator.proc is not None and operator.proc.alive()
+
+    create_secret(k8s_cluster, ns, minio_server)
+    jobs = eventually(lambda: expert_jobs(k8s_cluster, ns), 60, "the Job once the Secret exists", operator.logs)
+    assert [j.metadata.name for j in jobs] == [f"{name}-train"]
+    st = eventually(
+        lambda: (
+            (s := get_cr(k8s_cluster, ns, "parisexperts", name).get("status") or {}).get("reason") != "SecretNotReady"
+            and s
+        ),
+        60,
+        "the status to move on",
+    )
+    assert next(c for c in st["conditions"] if c["type"] == "SecretReady")["status"] == "True"
+
+
+# ---- the whole run ----------------------------------------------------------------------------------
+
+
+def test_digits_run_from_manifests_to_png(
+    k8s_cluster: Cluster,
+    k8s_namespace: str,
+    minio_server: MinioServer,
+    pod_runner: PodRunner,
+    operator: Operator,
+    tmp_path: Path,
+) -> None:
+    ns, cluster = k8s_namespace, k8s_cluster
+    bucket = minio_server.make_bucket()
+    prepare_dataset(minio_server, bucket, tmp_path)
+    create_secret(cluster, ns, minio_server)
+    pod_runner.env.update({"PARIS_S3_ENDPOINT": minio_server.url, "OMP_NUM_THREADS": "1"})
+
+    def debug() -> str:
+        return f"{cluster.kubectl('get', 'paris,jobs,pods', '-n', ns, '-o', 'wide', check=False).stdout}\n" + (
+            f"{operator.logs()}\n{pod_runner.describe()}"
+        )
+
+    experts = example_experts(bucket)
+    res = apply(cluster, ns, experts)
+    assert res.returncode == 0, res.stderr
+    pools = {d["metadata"]["name"]: d["spec"]["pool"] for d in experts}
+    assert sorted(set(pools.values())) == ["a40", "cpu", "h100"]
+
+    # Every expert's pod lands on its own pool.
+    def placed() -> dict[str, str] | None:
+        where = {}
+        for p in cluster.core().list_namespaced_pod(ns, label_selector="app.kubernetes.io/component=expert").items:
+            if p.spec.node_name:
+                where[p.metadata.labels["paris.dev/expert"]] = p.spec.node_name
+        return where if len(where) == len(pools) else None
+
+    nodes = eventually(placed, 120, "every expert pod to be scheduled", debug)
+    for name, node in nodes.items():
+        assert node in cluster.nodes_in_pool(pools[name]), (name, node)
+
+    # `kubectl get parisexperts` shows progress mid-run.
+    def mid_run() -> tuple[str, list[str]] | None:
+        out = cluster.kubectl("get", "parisexperts", "-n", ns).stdout
+        for r in (ln.split() for ln in out.splitlines()[1:]):
+            # NAME CLUSTER POOL PHASE PROGRESS LOSS AGE, with a loss and 0 < step < 40
+            if len(r) == 7 and r[3] == "Training" and (m := re.fullmatch(r"(\d+)/40", r[4])) and 0 < int(m[1]) < 40:
+                return out, r
+        return None
+
+    snapshot, row = eventually(mid_run, 600, "an expert mid-run in `kubectl get parisexperts`", debug)
+    header = snapshot.splitlines()[0].split()
+    assert header == ["NAME", "CLUSTER", "POOL", "PHASE", "PROGRESS", "LOSS", "AGE"], snapshot
+    assert row[1].isdigit() and row[2] in ("a40", "h100", "cpu") and float(row[5]) > 0
+    print(f"mid-run:\n{snapshot}")
+
+    # Kill the operator while the experts train, start it again: no duplicate Job, no restart.
+    assert len(expert_jobs(cluster, ns)) == 8
+    uids = {j.metadata.name: j.metadata.uid for j in expert_jobs(cluster, ns)}
+    operator.kill()
+    time.sleep(2)
+    operator.start()
+
+    def all_succeeded() -> list[dict[str, Any]] | None:
+        items = list_cr(cluster, ns, "parisexperts")
+        if any((e.get("status") or {}).get("phase") == "Failed" for e in items):
+            pytest.fail(f"an expert failed\n{debug()}")
+        ok = [e for e in items if (e.get("status") or {}).get("phase") == "Succeeded"]
+        return items if len(ok) == 8 else None
+
+    done = eventually(all_succeeded, 900, "every ParisExpert to succeed", debug)
+    jobs = expert_jobs(cluster, ns)
+    assert {j.metadata.name: j.metadata.uid for j in jobs} == uids, "exactly the same one Job per expert"
+    for e in done:
+        st, k = e["status"], e["spec"]["cluster"]
+        assert (st["step"], st["totalSteps"], st["progress"]) == (40, 40, "40/40")
+        assert st["checkpoint"] == f"s3://{bucket}/models/digits/experts/{k}/checkpoints/step-000040"
+        assert st["observedGeneration"] == e["metadata"]["generation"]
+        assert st["startTime"] and st["completionTime"] and isinstance(st["loss"], float)
+        conds = {c["type"]: c["status"] for c in st["conditions"]}
+        assert conds["Succeeded"] == "True" and conds["Failed"] == "False" and conds["SecretReady"] == "True"
+    reasons = {ev.reason for ev in events_for(cluster, ns, "digits-expert-0")}
+    assert {"JobCreated", "JobComplete"} <= reasons, reasons
+    # Pods ran the real trainer, with credentials from the Secret only.
+    pod = cluster.core().list_namespaced_pod(ns, label_selector="paris.dev/expert=digits-expert-5").items[0]
+    proc = pod_runner.find(pod.metadata.name, ns)
+    assert proc is not None and proc.exit_code == 0
+    assert proc.argv == ["paris", "train", "expert", "--cluster", "5"]
+    assert minio_server.secret_key not in json.dumps(pod.to_dict(), default=str)
+
+    # The router trains, publishes the pipeline and rolls out the endpoint.
+    res = apply(cluster, ns, [example_router(bucket)])
+    assert res.returncode == 0, res.stderr
+
+    def ready() -> dict[str, Any] | None:
+        st = get_cr(cluster, ns, "parisrouters", "digits").get("status") or {}
+        if st.get("phase") == "Failed":
+            pytest.fail(f"router failed: {st}\n{debug()}")
+        return st if st.get("phase") == "Ready" else None
+
+    st = eventually(ready, 900, "the ParisRouter to be Ready", debug)
+    assert st["expertsReady"] == "8/8" and len(st["readyExperts"]) == 8
+    assert st["endpoint"] == f"http://digits-serve.{ns}.svc.cluster.local/v1/generate"
+    conds = {c["type"]: c["status"] for c in st["conditions"]}
+    assert conds == {"ExpertsReady": "True", "RouterTrained": "True", "Available": "True"}
+    dep = cluster.apps().read_namespaced_deployment("digits-serve", ns)
+    assert (dep.status.ready_replicas or 0) >= 1
+    assert cluster.core().read_namespaced_service("digits-serve", ns).spec.ports[0].port == 80
+    assert minio_server.client().stat_object(bucket, "models/digits/pipeline/model_index.json")
+    router_pod = cluster.core().list_namespaced_pod(ns, label_selector="app.kubernetes.io/component=router-train")
+    assert router_pod.items[0].spec.node_name in cluster.nodes_in_pool("cpu")
+    out = cluster.kubectl("get", "parisrouters", "-n", ns).stdout
+    assert out.split("\n")[0].split() == ["NAME", "MODEL", "EXPERTS", "PHASE", "ENDPOINT", "AGE"]
+    assert "8/8" in out and "Ready" in out
+
+    # A generated PNG from the endpoint.
+    url = pod_runner.url_for_selector("app.kubernetes.io/instance=digits,app.kubernetes.io/component=serve", ns)
+    body = json.dumps({"prompt": "a handwritten digit seven", "count": 4, "size": 32, "steps": 4, "seed": 1})
+    req = urllib.request.Request(f"{url}/v1/generate", body.encode(), {"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=300) as r:
+        assert r.headers["Content-Type"] == "image/png"
+        png = r.read()
+    image = Image.open(io.BytesIO(png))
+    assert image.format == "PNG" and image.size[0] > 4 * 32
+    one = json.dumps({"prompt": "a handwritten digit two", "format": "json", "routing": "top1", "steps": 4})
+    req = urllib.request.Request(f"{url}/v1/generate", one.encode(), {"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=300) as r:
+        answer = json.loads(r.read())
+    assert Image.open(io.BytesIO(base64.b64decode(answer["images"][0]))).size == (8, 8)
+    assert answer["routing"] == "top1" and len(answer["usage"]) == 8
+    with urllib.request.urlopen(f"{url}/metrics", timeout=30) as r:
+        assert "paris_images_generated_total 5" in r.read().decode()
+
+    # Deleting the router cascades to its children; the artifacts stay in the store.
+    custom(cluster).delete_namespaced_custom_object(GROUP, VERSION, ns, "parisrouters", "digits")
+
+    def children_gone() -> bool:
+        try:
+            cluster.apps().read_namespaced_deployment("digits-serve", ns)
+            return False
+        except ApiException as e:
+            if e.status != 404:
+                raise
+        left = cluster.batch().list_namespaced_job(ns, label_selector="paris.dev/router=digits").items
+        return not left
+
+    eventually(children_gone, 120, "the router's Deployment and Job to be garbage-collected", debug)
+    assert minio_server.client().stat_object(bucket, "models/digits/pipeline/model_index.json")
+    assert minio_server.client().stat_object(bucket, "models/digits/experts/3/latest.json")
