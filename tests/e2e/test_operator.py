@@ -405,6 +405,25 @@ def test_digits_run_from_manifests_to_png(
     with urllib.request.urlopen(f"{url}/metrics", timeout=30) as r:
         assert "paris_images_generated_total 5" in r.read().decode()
 
+    # A spec change is a new generation: an inference-only change rolls the Deployment, with
+    # no new router training.
+    train_jobs = {j.metadata.name for j in cluster.batch().list_namespaced_job(ns).items}
+    patch = {"spec": {"inference": {"routing": "top1"}}}
+    custom(cluster).patch_namespaced_custom_object(GROUP, VERSION, ns, "parisrouters", "digits", patch)
+
+    def rolled_out() -> dict[str, Any] | None:
+        st = get_cr(cluster, ns, "parisrouters", "digits").get("status") or {}
+        return st if st.get("observedGeneration") == 2 and st.get("phase") == "Ready" else None
+
+    eventually(rolled_out, 600, "generation 2 to roll out", debug)
+    assert {j.metadata.name for j in cluster.batch().list_namespaced_job(ns).items} == train_jobs
+    url = pod_runner.url_for_selector("app.kubernetes.io/instance=digits,app.kubernetes.io/component=serve", ns)
+    req = urllib.request.Request(
+        f"{url}/v1/generate", b'{"prompt": "a digit", "steps": 2}', {"Content-Type": "application/json"}
+    )
+    with urllib.request.urlopen(req, timeout=300) as r:
+        assert r.headers["X-Paris-Routing"] == "top1", "the new default from generation 2"
+
     # Deleting the router cascades to its children; the artifacts stay in the store.
     custom(cluster).delete_namespaced_custom_object(GROUP, VERSION, ns, "parisrouters", "digits")
 
