@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import tempfile
 from pathlib import Path
@@ -170,6 +171,11 @@ def serve(
 
 
 def main() -> None:
+    # Library chatter (weight-loading bars, EMA keys in checkpoint configs) drowns our own
+    # progress output; errors still show.
+    for var, value in (("DIFFUSERS_VERBOSITY", "error"), ("TRANSFORMERS_VERBOSITY", "error"),
+                       ("HF_HUB_DISABLE_PROGRESS_BARS", "1"), ("HF_HUB_OFFLINE", "1")):
+        os.environ.setdefault(var, value)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
         app()
