@@ -46,7 +46,9 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     # Events only for what the user should see (our transitions, warnings), not every handler run.
     settings.posting.level = logging.WARNING
     settings.watching.server_timeout = 300
-    settings.persistence.finalizer = f"{API_GROUP}/finalizer"  # unused: no deletion handlers, GC does it
+    # kopf puts this finalizer on every resource with a timer, to stop the timer before the
+    # resource goes. Children need no cleanup of ours: owner references cascade the deletion.
+    settings.persistence.finalizer = f"{API_GROUP}/finalizer"
     kube.login()
 
 

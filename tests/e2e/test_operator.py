@@ -29,7 +29,7 @@ from PIL import Image
 from tests.servers.cluster import FAKE_NODE_TOLERATIONS, Cluster
 from tests.servers.minio import MinioServer
 from tests.servers.podrunner import PodRunner
-from tests.servers.procs import ServerProcess
+from tests.servers.procs import ServerProcess, binary
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLES = REPO / "examples" / "k8s"
@@ -50,11 +50,52 @@ def eventually(fn: Callable[[], T | None], timeout: float, what: str, debug: Cal
         time.sleep(0.5)
 
 
-class Operator:
-    """`kopf run -m paris.operator` as a subprocess against the test cluster; restartable."""
+def chart_rbac_kubeconfig(cluster: Cluster, ns: str, workdir: Path) -> tuple[Path, str]:
+    """Install the chart's ServiceAccount, ClusterRole and binding, and return a kubeconfig with
+    that ServiceAccount's token: the operator under test has exactly the chart's rights."""
+    argv = [binary("helm"), "template", "paris", str(REPO / "charts" / "paris"), "--namespace", ns]
+    argv += ["--kube-version", cluster.version.lstrip("v"), "--set", "serviceAccount.name=paris-operator"]
+    out = subprocess.run(argv, capture_output=True, text=True, check=True).stdout
+    docs = [
+        d for d in yaml.safe_load_all(out) if d and d["kind"] in ("ServiceAccount", "ClusterRole", "ClusterRoleBinding")
+    ]
+    role = f"paris-operator-{ns}"  # cluster-scoped: unique per test namespace
+    for d in docs:
+        if d["kind"] != "ServiceAccount":
+            d["metadata"]["name"] = role
+        if d["kind"] == "ClusterRoleBinding":
+            d["roleRef"]["name"] = role
+    cluster.kubectl("apply", "-f", "-", input="---\n".join(yaml.safe_dump(d) for d in docs))
+    token = (
+        cluster.core()
+        .create_namespaced_service_account_token("paris-operator", ns, {"spec": {"expirationSeconds": 7200}})
+        .status.token
+    )
+    path = workdir / "operator.kubeconfig"
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "clusters": [
+                    {"name": "c", "cluster": {"server": cluster.server, "certificate-authority": str(cluster.ca_file)}}
+                ],
+                "users": [{"name": "paris-operator", "user": {"token": token}}],
+                "contexts": [{"name": "c", "context": {"cluster": "c", "user": "paris-operator"}}],
+                "current-context": "c",
+            }
+        )
+    )
+    return path, role
 
-    def __init__(self, cluster: Cluster, namespace: str, minio: MinioServer, workdir: Path) -> None:
+
+class Operator:
+    """`kopf run -m paris.operator` as a subprocess against the test cluster; restartable.
+    It authenticates as the chart's ServiceAccount, so RBAC is tested along the way."""
+
+    def __init__(self, cluster: Cluster, namespace: str, minio: MinioServer, workdir: Path, kubeconfig: Path) -> None:
         self.cluster, self.namespace, self.minio, self.workdir = cluster, namespace, minio, workdir
+        self.kubeconfig = kubeconfig
         self.proc: ServerProcess | None = None
         self.runs = 0
 
@@ -62,7 +103,7 @@ class Operator:
         self.runs += 1
         env = {
             **{k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "LANG", "VIRTUAL_ENV", "TMPDIR")},
-            **self.cluster.env(),
+            "KUBECONFIG": str(self.kubeconfig),
             # Reach the test MinIO from outside the cluster, as the pods do through the runner.
             "PARIS_S3_ENDPOINT": self.minio.url,
             "PARIS_OPERATOR_CONFIG": yaml.safe_dump({"pollSeconds": 1.0, "trainerImage": "paris/trainer:test"}),
@@ -100,11 +141,20 @@ class Operator:
 
 @pytest.fixture
 def operator(k8s_cluster: Cluster, k8s_namespace: str, minio_server: MinioServer, tmp_path: Path) -> Iterator[Operator]:
-    op = Operator(k8s_cluster, k8s_namespace, minio_server, tmp_path).start()
+    kubeconfig, role = chart_rbac_kubeconfig(k8s_cluster, k8s_namespace, tmp_path)
+    op = Operator(k8s_cluster, k8s_namespace, minio_server, tmp_path, kubeconfig).start()
     try:
         yield op
     finally:
+        # kopf puts a finalizer on resources with timers: delete them while the operator runs,
+        # or the namespace would hang in Terminating.
+        if op.proc is None:
+            op.start()
+        k8s_cluster.kubectl(
+            "delete", "parisexperts,parisrouters", "--all", "-n", k8s_namespace, "--timeout=60s", check=False
+        )
         op.stop()
+        k8s_cluster.kubectl("delete", "clusterrolebinding,clusterrole", role, "--ignore-not-found", check=False)
 
 
 # ---- helpers -----------------------------------------------------------------------------------
