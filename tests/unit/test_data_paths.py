@@ -1,0 +1,117 @@
+"""The non-default data paths, offline: a folder and WebDataset tars of RGB images, a VAE,
+DINOv2 and open_clip encoders (small random-weight models saved to local folders)."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from paris.config import DataConfig, TextEncoderConfig
+from paris.data.clustering import two_stage_kmeans
+from paris.data.encoders import OpenClipTextEncoder
+from paris.data.sources import load_samples
+from tests.helpers import paris_cli, tiny_config, write_config
+
+
+def _image(i: int) -> Image.Image:
+    rng = np.random.default_rng(i)
+    base = np.zeros((16, 16, 3), dtype=np.uint8)
+    base[..., i % 3] = 200  # three colour families: something for k-means to find
+    return Image.fromarray(np.clip(base + rng.integers(0, 40, base.shape), 0, 255).astype(np.uint8))
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("imgs")
+    lines = []
+    for i in range(30):
+        _image(i).save(root / f"{i}.png")
+        lines.append(json.dumps({"file": f"{i}.png", "caption": f"a {['red', 'green', 'blue'][i % 3]} square"}))
+    (root / "captions.jsonl").write_text("\n".join(lines))
+    return root
+
+
+@pytest.fixture(scope="module")
+def tiny_vae(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from diffusers import AutoencoderKL
+
+    path = tmp_path_factory.mktemp("vae")
+    AutoencoderKL(block_out_channels=(8, 16), down_block_types=("DownEncoderBlock2D",) * 2,
+                  up_block_types=("UpDecoderBlock2D",) * 2, latent_channels=4, norm_num_groups=8,
+                  sample_size=16).save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def tiny_dinov2(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from transformers import BitImageProcessor, Dinov2Config, Dinov2Model
+
+    path = tmp_path_factory.mktemp("dinov2")
+    Dinov2Model(Dinov2Config(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
+                             image_size=28, patch_size=14)).save_pretrained(path)
+    BitImageProcessor(size={"shortest_edge": 28}, crop_size={"height": 28, "width": 28}).save_pretrained(path)
+    return path
+
+
+def test_folder_source_reads_captions_and_rgb(folder: Path) -> None:
+    samples = load_samples(DataConfig(source="folder", path=str(folder)))
+    assert len(samples) == 30 and samples[4].caption == "a green square" and samples[4].image.mode == "RGB"
+
+
+def test_webdataset_source(folder: Path, tmp_path: Path) -> None:
+    with tarfile.open(tmp_path / "shard-0.tar", "w") as tar:
+        for i in range(6):
+            for ext, data in (("png", (folder / f"{i}.png").read_bytes()), ("txt", f"caption {i}".encode())):
+                info = tarfile.TarInfo(f"{i:04d}.{ext}")
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+    samples = load_samples(DataConfig(source="webdataset", path=str(tmp_path)))
+    assert [s.caption for s in samples] == [f"caption {i}" for i in range(6)]
+
+
+def test_run_on_a_folder_with_a_vae_and_dinov2_features(folder: Path, tiny_vae: Path, tiny_dinov2: Path,
+                                                        tmp_path: Path) -> None:
+    cfg = tiny_config(
+        f"file://{tmp_path}/store",
+        data={"name": "squares", "source": "folder", "path": str(folder), "image_size": 16, "limit": None,
+              "vae": str(tiny_vae), "features": {"kind": "dinov2", "path": str(tiny_dinov2), "pca_dim": 8},
+              "clusters": 2, "fine_clusters": 4, "holdout_fraction": 0.0},
+        sample={"prompts": ["a red square"], "routing": ["top1"]},
+        expert={"patch_size": 1},
+        router={"model": {"patch_size": 1}},
+    )
+    r = paris_cli("run", str(write_config(tmp_path / "c.yaml", cfg)), "--logs", str(tmp_path / "logs"))
+    assert r.returncode == 0, r.stderr
+    manifest = json.loads((tmp_path / "store/datasets/squares/manifest.json").read_text())
+    assert manifest["latent"]["space"] == "vae" and manifest["latent"]["channels"] == 4
+    assert manifest["latent"]["size"] == 8  # two VAE blocks: 16 px -> 8 latent
+    assert (tmp_path / "store/models/tiny/pipeline/vae/config.json").is_file()
+    assert (tmp_path / "store/models/tiny/samples/top1.png").is_file()
+
+
+def test_open_clip_text_tower_gives_every_token_state() -> None:
+    # Random weights exercise the code path offline; real runs pass a local checkpoint.
+    enc = OpenClipTextEncoder(TextEncoderConfig(kind="open_clip", model="ViT-B-32", max_length=20))
+    states, mask = enc.encode(["a photo of a cat", ""])
+    assert states.shape == (2, 20, 512) and enc.dim == 512
+    assert mask[0].sum() == 7 and mask[1].sum() == 2  # <start> a photo of a cat <end>; <start> <end>
+    assert torch.isfinite(states).all()
+
+
+def test_catch_all_cluster_warns_and_balance_caps_it(caplog: pytest.LogCaptureFixture) -> None:
+    rng = np.random.default_rng(0)
+    # One dense blob of 90 points and two far, small blobs of 5: a catch-all cluster.
+    x = np.concatenate([rng.normal(0, 1, (90, 4)), rng.normal(50, 1, (5, 4)), rng.normal(-50, 1, (5, 4))])
+    with caplog.at_level(logging.WARNING):
+        _, labels = two_stage_kmeans(x, k=3, fine_k=20, pca_dim=4, seed=0, max_fraction=0.5)
+    assert np.bincount(labels).max() == 90 and "catch-all" in caplog.text
+    _, balanced = two_stage_kmeans(x, k=3, fine_k=20, pca_dim=4, seed=0, balance=True, max_fraction=0.5)
+    assert np.bincount(balanced, minlength=3).max() <= 50
