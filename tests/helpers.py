@@ -5,10 +5,33 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
+import pytest
 import yaml
+
+T = TypeVar("T")
+
+
+def eventually(
+    fn: Callable[[], T | None],
+    timeout: float = 60.0,
+    what: str = "condition",
+    debug: Callable[[], str] | None = None,
+    interval: float = 0.2,
+) -> T:
+    """Poll until fn returns something truthy; fail with `what` (and debug text) otherwise."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = fn()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout:.0f}s waiting for {what}" + (f"\n{debug()}" if debug else ""))
+        time.sleep(interval)
 
 
 def deep_update(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:

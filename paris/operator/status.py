@@ -34,7 +34,7 @@ def condition(type_: str, status: bool | None, reason: str, message: str = "", a
     }
 
 
-def merge_conditions(old: list[Mapping[str, Any]] | None, new: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def merge_conditions(old: Sequence[Mapping[str, Any]] | None, new: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """New conditions replace old ones of the same type, but keep the old transition time when
     the status did not flip (so the time says when it *became* so)."""
     before = {c["type"]: c for c in old or []}

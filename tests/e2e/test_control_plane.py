@@ -7,21 +7,20 @@ from __future__ import annotations
 import json
 import time
 import urllib.request
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 import yaml
 from kubernetes.client.exceptions import ApiException
 
+from tests.helpers import eventually
 from tests.servers.cluster import FAKE_NODE_TOLERATIONS, Cluster, Pool, apply_crds, start_cluster
 from tests.servers.minio import MinioServer
 from tests.servers.podrunner import PodRunner
 from tests.servers.procs import port_open
 
 REPO = Path(__file__).resolve().parents[2]
-T = TypeVar("T")
 
 
 def pinned(key: str) -> str:
@@ -31,21 +30,6 @@ def pinned(key: str) -> str:
     raise KeyError(key)
 
 
-def eventually(
-    fn: Callable[[], T | None],
-    timeout: float = 60.0,
-    what: str = "condition",
-    debug: Callable[[], str] | None = None,
-) -> T:
-    """Poll until fn returns something truthy; fail with `what` (and debug text) otherwise."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = fn()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout:.0f}s waiting for {what}" + (f"\n{debug()}" if debug else ""))
-        time.sleep(0.2)
 
 
 def pod_spec(

@@ -17,15 +17,16 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 import yaml
 from kubernetes.client.exceptions import ApiException
 from PIL import Image
 
+from tests.helpers import eventually
 from tests.servers.cluster import FAKE_NODE_TOLERATIONS, Cluster
 from tests.servers.minio import MinioServer
 from tests.servers.podrunner import PodRunner
@@ -34,20 +35,10 @@ from tests.servers.procs import ServerProcess, binary
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLES = REPO / "examples" / "k8s"
 GROUP, VERSION = "paris.dev", "v1alpha1"
-T = TypeVar("T")
 
 pytestmark = pytest.mark.timeout(1800)
 
 
-def eventually(fn: Callable[[], T | None], timeout: float, what: str, debug: Callable[[], str] | None = None) -> T:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = fn()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout:.0f}s waiting for {what}" + (f"\n{debug()}" if debug else ""))
-        time.sleep(0.5)
 
 
 def chart_rbac_kubeconfig(cluster: Cluster, ns: str, workdir: Path) -> tuple[Path, str]:
@@ -167,7 +158,7 @@ def custom(cluster: Cluster) -> Any:
 
 
 def get_cr(cluster: Cluster, ns: str, plural: str, name: str) -> dict[str, Any]:
-    return custom(cluster).get_namespaced_custom_object(GROUP, VERSION, ns, plural, name)  # type: ignore[no-any-return]
+    return custom(cluster).get_namespaced_custom_object(GROUP, VERSION, ns, plural, name)
 
 
 def list_cr(cluster: Cluster, ns: str, plural: str) -> list[dict[str, Any]]:
@@ -316,7 +307,8 @@ def test_missing_secret_reports_a_condition_then_converges(
         lambda: (
             (s := get_cr(k8s_cluster, ns, "parisexperts", name).get("status") or {}).get("reason") != "SecretNotReady"
             and s
-        ),
+        )
+        or None,
         60,
         "the status to move on",
     )

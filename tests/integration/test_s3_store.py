@@ -12,11 +12,12 @@ from paris.config import StorageConfig
 from paris.errors import StorageError
 from paris.storage import S3Store, open_store
 from tests.helpers import paris_cli, tiny_config, write_config
+from tests.servers.minio import MinioServer
 from tests.unit.test_storage import check_store_contract
 
 
 @pytest.fixture
-def s3(minio_server, monkeypatch: pytest.MonkeyPatch) -> S3Store:  # type: ignore[no-untyped-def]
+def s3(minio_server: MinioServer, monkeypatch: pytest.MonkeyPatch) -> S3Store:
     for k, v in minio_server.env().items():
         monkeypatch.setenv(k, v)
     bucket = minio_server.make_bucket()
@@ -30,7 +31,7 @@ def test_s3_store_contract(s3: S3Store, tmp_path: Path) -> None:
     assert s3.uri("a/x.json").endswith("/some/prefix/a/x.json")
 
 
-def test_s3_store_creates_its_bucket(minio_server, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+def test_s3_store_creates_its_bucket(minio_server: MinioServer, monkeypatch: pytest.MonkeyPatch) -> None:
     for k, v in minio_server.env().items():
         monkeypatch.setenv(k, v)
     store = open_store(StorageConfig(uri="s3://fresh-bucket-for-paris"))
@@ -38,7 +39,7 @@ def test_s3_store_creates_its_bucket(minio_server, monkeypatch: pytest.MonkeyPat
     assert minio_server.client().bucket_exists("fresh-bucket-for-paris")
 
 
-def test_wrong_credentials_are_a_one_line_error(minio_server, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+def test_wrong_credentials_are_a_one_line_error(minio_server: MinioServer, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PARIS_S3_ENDPOINT", minio_server.endpoint)
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "nobody")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "wrong-secret")
@@ -46,7 +47,7 @@ def test_wrong_credentials_are_a_one_line_error(minio_server, monkeypatch: pytes
         open_store(StorageConfig(uri="s3://paris"))
 
 
-def test_prepare_and_train_an_expert_through_minio(minio_server, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_prepare_and_train_an_expert_through_minio(minio_server: MinioServer, tmp_path: Path) -> None:
     bucket = minio_server.make_bucket()
     cfg = write_config(tmp_path / "c.yaml", tiny_config(f"s3://{bucket}/run1"))
     env = minio_server.env()

@@ -55,8 +55,9 @@ def tiny_dinov2(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from transformers import BitImageProcessor, Dinov2Config, Dinov2Model
 
     path = tmp_path_factory.mktemp("dinov2")
+    # transformers types config kwargs loosely: these are Dinov2Config's documented fields.
     Dinov2Model(Dinov2Config(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
-                             image_size=28, patch_size=14)).save_pretrained(path)
+                             image_size=28, patch_size=14)).save_pretrained(path)  # type: ignore[call-arg]
     BitImageProcessor(size={"shortest_edge": 28}, crop_size={"height": 28, "width": 28}).save_pretrained(path)
     return path
 

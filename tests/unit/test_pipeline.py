@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -42,7 +43,7 @@ def test_save_and_load_round_trip(pipe: ParisPipeline, tmp_path: Path) -> None:
     assert {p.name for p in tmp_path.iterdir()} >= {"model_index.json", "router", "scheduler", "text_encoder",
                                                      "tokenizer", "expert_0", "expert_1", "expert_2"}
     loaded = ParisPipeline.from_pretrained(tmp_path)
-    kw = {"num_inference_steps": 2, "routing": "top2", "output_type": "pt"}
+    kw: dict[str, Any] = {"num_inference_steps": 2, "routing": "top2", "output_type": "pt"}
     a = pipe("a handwritten digit one", generator=torch.Generator().manual_seed(3), **kw).images
     b = loaded("a handwritten digit one", generator=torch.Generator().manual_seed(3), **kw).images
     assert isinstance(a, torch.Tensor) and a.shape == (1, 1, 8, 8)

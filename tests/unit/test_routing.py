@@ -31,7 +31,7 @@ def test_full_equals_the_weighted_sum_over_all_experts() -> None:
     v = torch.randn(3, 4, 1, 2, 2)  # per expert, per sample
     rows = torch.arange(4)
     mixed = mix(routing_weights(p, None), {k: (rows, v[k]) for k in range(3)}, torch.Size((4, 1, 2, 2)))
-    expected = sum(p[:, k].view(4, 1, 1, 1) * v[k] for k in range(3))
+    expected = torch.stack([p[:, k].view(4, 1, 1, 1) * v[k] for k in range(3)]).sum(0)
     assert torch.allclose(mixed, expected, atol=1e-6)
 
 
