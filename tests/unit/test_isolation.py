@@ -49,7 +49,7 @@ def test_training_refuses_a_torch_distributed_process_group(tmp_path: Path) -> N
     prepare_dataset(cfg.data, LocalStore(tmp_path))
     dist.init_process_group("gloo", init_method=f"file://{tmp_path}/pg", rank=0, world_size=1)
     try:
-        with pytest.raises(RuntimeError, match="must not run under torch.distributed"):
+        with pytest.raises(RuntimeError, match=r"must not run under torch\.distributed"):
             train_expert(cfg, 0, LocalStore(tmp_path))
     finally:
         dist.destroy_process_group()
