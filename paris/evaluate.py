@@ -9,7 +9,6 @@ hidden-layer features (FID's recipe, with a feature extractor that fits 8x8 digi
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import torch
@@ -76,7 +75,3 @@ class DigitsJudge:
 def digit_prompts() -> list[tuple[str, int]]:
     return [(digit_caption(d), d) for d in range(10)]
 
-
-def evaluate_samples(judge: DigitsJudge, samples: dict[str, tuple[torch.Tensor, np.ndarray]]) -> dict[str, Any]:
-    """samples[mode] = (images [N, C, H, W] in [-1, 1], prompted labels [N])."""
-    return {mode: judge.score(images, labels) for mode, (images, labels) in samples.items()}

@@ -43,10 +43,6 @@ def save_checkpoint(
     return target
 
 
-def latest_step(store: Store, prefix: str) -> int | None:
-    pointer = store.get_json_or_none(f"{prefix}/latest.json")
-    return None if pointer is None else int(pointer["step"])
-
 
 def fetch_checkpoint(store: Store, prefix: str, local: Path) -> tuple[int, Path] | None:
     """Download the last *published* checkpoint; None when there is none yet."""
