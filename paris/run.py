@@ -17,6 +17,7 @@ from typing import Any
 
 import yaml
 from rich.live import Live
+from rich.progress_bar import ProgressBar
 from rich.table import Table
 
 from paris.config import RunConfig
@@ -39,7 +40,7 @@ def ensure_dataset(cfg: RunConfig, store: Store) -> dict[str, Any]:
 
 def _progress_table(cfg: RunConfig, store: Store, procs: dict[int, subprocess.Popen[bytes] | None]) -> Table:
     table = Table(title="experts (one process each)")
-    for col in ("cluster", "state", "step", "loss", "samples/s"):
+    for col in ("cluster", "state", "progress", "step", "loss", "samples/s"):
         table.add_column(col)
     for k in range(cfg.data.clusters):
         p = store.get_json_or_none(f"{expert_prefix(cfg.model, k)}/progress.json") or {}
@@ -59,6 +60,7 @@ def _progress_table(cfg: RunConfig, store: Store, procs: dict[int, subprocess.Po
         table.add_row(
             str(k),
             state,
+            ProgressBar(total=p.get("total", cfg.train.steps), completed=p.get("step", 0), width=24),
             f"{p.get('step', 0)}/{p.get('total', cfg.train.steps)}",
             f"{loss:.4f}" if isinstance(loss, float) else "-",
             str(p.get("samples_per_s", "-")),

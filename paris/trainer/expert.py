@@ -42,12 +42,14 @@ def train_expert(cfg: RunConfig, cluster: int, store: Store) -> TrainResult:
     manifest = load_manifest(store, cfg.data.name)
     data = load_split(store, manifest, cluster)
     null_states, null_mask = load_null_text(store, manifest)
-    torch.manual_seed(cfg.train.seed + cluster)  # weight init; per-step draws are seeded in the loop
+    # Each expert has its own random streams: weight init and the loop's per-step draws.
+    tcfg = cfg.train.model_copy(update={"seed": cfg.train.seed * 100_003 + cluster})
+    torch.manual_seed(tcfg.seed)
     model = build_expert(cfg.expert, manifest["latent"], manifest["text"]["dim"])
     prefix = expert_prefix(cfg.model, cluster)
     meta = {"cluster": cluster, "samples": len(data), "params": count_params(model)}
     result = train(
-        model, expert_loss(data, null_states, null_mask, cfg.train), cfg.train, store, prefix, f"expert {cluster}", meta
+        model, expert_loss(data, null_states, null_mask, tcfg), tcfg, store, prefix, f"expert {cluster}", meta
     )
     save_loss_plot(store, f"{prefix}/loss.png", {f"expert {cluster}": result.history})
     return result
