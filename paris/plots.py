@@ -37,6 +37,23 @@ def save_loss_plot(store: Store, key: str, curves: dict[str, list[tuple[int, flo
     store.put_bytes(key, loss_plot_png(curves))
 
 
+def accuracy_plot_png(rows: list[dict[str, float]], title: str = "router held-out accuracy") -> bytes:
+    """Router accuracy per noise bin: where along the trajectory routing becomes reliable."""
+    fig, ax = plt.subplots(figsize=(6, 3.5), dpi=110)
+    mids = [(r["t_lo"] + r["t_hi"]) / 2 for r in rows]
+    ax.plot(mids, [r["accuracy"] for r in rows], marker="o")
+    ax.set_xlabel("noise level t (1 = pure noise)")
+    ax.set_ylabel("accuracy")
+    ax.set_ylim(0, 1.02)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    return buf.getvalue()
+
+
 def grid(images: list[Image.Image], cols: int, scale: int = 1, pad: int = 2) -> Image.Image:
     """Tile images row-major; small images (digits) are enlarged with nearest-neighbour."""
     if not images:

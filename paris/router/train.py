@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from paris.config import RunConfig, TrainConfig
 from paris.data.shards import ShardSet, load_manifest, load_split
 from paris.layout import router_prefix
-from paris.plots import save_loss_plot
+from paris.plots import accuracy_plot_png, save_loss_plot
 from paris.progress import console
 from paris.storage import Store
 from paris.trainer.checkpoint import fetch_weights
@@ -95,6 +95,7 @@ def train_router(cfg: RunConfig, store: Store) -> tuple[TrainResult, list[dict[s
             ema = ParisRouter.from_pretrained(fetch_weights(store, prefix, Path(tmp)))
         acc = accuracy_by_noise(ema, holdout, resolve_device(cfg.router.train.device), cfg.router.train.seed)
         store.put_json(f"{prefix}/accuracy.json", {"held_out": acc, "samples": len(holdout)})
+        store.put_bytes(f"{prefix}/accuracy.png", accuracy_plot_png(acc))
         console.print(
             "router held-out accuracy by noise level: "
             + ", ".join(f"t<{r['t_hi']:.1f}: {r['accuracy']:.2f}" for r in acc)

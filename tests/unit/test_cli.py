@@ -37,6 +37,7 @@ def test_every_command_runs_for_two_steps(prepared: Path) -> None:
     assert r.returncode == 0, r.stderr
     assert (store / "models/tiny/pipeline/model_index.json").is_file()
     assert (store / "models/tiny/router/accuracy.json").is_file()
+    assert (store / "models/tiny/router/accuracy.png").read_bytes()[:4] == b"\x89PNG"
 
     out = prepared / "samples"
     r = paris_cli("generate", cfg, "--prompt", "a handwritten digit three", "--count", "3", "--routing", "top2",
