@@ -14,6 +14,7 @@ import typer
 from paris.config import RunConfig, load_config, parse_routing
 from paris.errors import ParisError
 from paris.progress import console
+from paris.storage import Store, open_store
 
 app = typer.Typer(
     help="Train text-to-image diffusion the Paris way: clusters, isolated experts, a router.",
@@ -34,9 +35,7 @@ ConfigArg = Annotated[
 ]
 
 
-def _load(config: Path | None) -> tuple[RunConfig, object]:
-    from paris.storage import open_store
-
+def _load(config: Path | None) -> tuple[RunConfig, Store]:
     cfg = load_config(config)
     return cfg, open_store(cfg.storage)
 
@@ -47,7 +46,7 @@ def data_prepare(config: ConfigArg = None) -> None:
     from paris.data.prepare import prepare_dataset
 
     cfg, store = _load(config)
-    manifest = prepare_dataset(cfg.data, store)  # type: ignore[arg-type]
+    manifest = prepare_dataset(cfg.data, store)
     for c in manifest["clusters"]:
         console.print(f"cluster {c['id']}: {c['size']} images")
 
@@ -61,7 +60,7 @@ def train_expert(
     from paris.trainer.expert import train_expert as run_expert
 
     cfg, store = _load(config)
-    result = run_expert(cfg, cluster, store)  # type: ignore[arg-type]
+    result = run_expert(cfg, cluster, store)
     console.print(f"expert {cluster}: step {result.step}, loss {result.loss:.4f}")
 
 
@@ -75,10 +74,10 @@ def train_router(
     from paris.router.train import train_router as run_router
 
     cfg, store = _load(config)
-    result, _ = run_router(cfg, store)  # type: ignore[arg-type]
+    result, _ = run_router(cfg, store)
     console.print(f"router: step {result.step}, loss {result.loss:.4f}")
     if publish:
-        uri = publish_pipeline(build_pipeline(cfg, store), store, cfg.model)  # type: ignore[arg-type]
+        uri = publish_pipeline(build_pipeline(cfg, store), store, cfg.model)
         console.print(f"pipeline: {uri}")
 
 
@@ -108,7 +107,7 @@ def generate(
     )
     prompts = prompt or cfg.sample.prompts or ["a handwritten digit seven"]
     with tempfile.TemporaryDirectory() as tmp:
-        pipe = load_pipeline(store, cfg.model, Path(tmp))  # type: ignore[arg-type]
+        pipe = load_pipeline(store, cfg.model, Path(tmp))
         samples = sample_prompts(pipe, prompts, routing, s, per_prompt=count)
     out.mkdir(parents=True, exist_ok=True)
     for i, im in enumerate(tensor_to_images(samples.images)):
@@ -129,10 +128,10 @@ def evaluate(config: ConfigArg = None) -> None:
 
     cfg, store = _load(config)
     with tempfile.TemporaryDirectory() as tmp:
-        pipe = load_pipeline(store, cfg.model, Path(tmp))  # type: ignore[arg-type]
+        pipe = load_pipeline(store, cfg.model, Path(tmp))
         pipe.set_progress_bar_config(disable=True)
-        scores = sample_and_score(cfg, store, pipe)  # type: ignore[arg-type]
-    store.put_json(f"{model_prefix(cfg.model)}/eval.json", scores)  # type: ignore[attr-defined]
+        scores = sample_and_score(cfg, store, pipe)
+    store.put_json(f"{model_prefix(cfg.model)}/eval.json", scores)
     if scores["router_accuracy"]:
         console.print(
             "router accuracy by noise: "
@@ -154,7 +153,7 @@ def run(
     from paris.run import run as run_all
 
     cfg, store = _load(config)
-    run_all(cfg, store, logs or Path("runs") / "logs" / cfg.model)  # type: ignore[arg-type]
+    run_all(cfg, store, logs or Path("runs") / "logs" / cfg.model)
 
 
 @app.command()
@@ -173,8 +172,12 @@ def serve(
 def main() -> None:
     # Library chatter (weight-loading bars, EMA keys in checkpoint configs) drowns our own
     # progress output; errors still show.
-    for var, value in (("DIFFUSERS_VERBOSITY", "error"), ("TRANSFORMERS_VERBOSITY", "error"),
-                       ("HF_HUB_DISABLE_PROGRESS_BARS", "1"), ("HF_HUB_OFFLINE", "1")):
+    for var, value in (
+        ("DIFFUSERS_VERBOSITY", "error"),
+        ("TRANSFORMERS_VERBOSITY", "error"),
+        ("HF_HUB_DISABLE_PROGRESS_BARS", "1"),
+        ("HF_HUB_OFFLINE", "1"),
+    ):
         os.environ.setdefault(var, value)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
