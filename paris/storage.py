@@ -133,16 +133,34 @@ class LocalStore(Store):
 
 
 class S3Store(Store):
-    def __init__(self, bucket: str, prefix: str, endpoint: str, secure: bool, region: str | None) -> None:
+    """Credentials come from the environment unless given; `read_only` never creates the
+    bucket nor writes (the operator reads trainers' progress and must not touch artifacts)."""
+
+    def __init__(
+        self,
+        bucket: str,
+        prefix: str,
+        endpoint: str,
+        secure: bool,
+        region: str | None,
+        access_key: str | None = None,
+        secret_key: str | None = None,
+        read_only: bool = False,
+        http_client: Any = None,
+    ) -> None:
         from minio import Minio  # imported here so file:// users never need it configured
 
-        access = os.environ.get("AWS_ACCESS_KEY_ID")
-        secret = os.environ.get("AWS_SECRET_ACCESS_KEY")
+        access = access_key or os.environ.get("AWS_ACCESS_KEY_ID")
+        secret = secret_key or os.environ.get("AWS_SECRET_ACCESS_KEY")
         if not access or not secret:
             raise StorageError("s3 storage needs AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY in the environment")
         endpoint = endpoint.removeprefix("http://").removeprefix("https://").rstrip("/")
-        self.client = Minio(endpoint, access_key=access, secret_key=secret, secure=secure, region=region)
-        self.bucket, self.prefix, self.endpoint = bucket, prefix.strip("/"), endpoint
+        self.client = Minio(
+            endpoint, access_key=access, secret_key=secret, secure=secure, region=region, http_client=http_client
+        )
+        self.bucket, self.prefix, self.endpoint, self.read_only = bucket, prefix.strip("/"), endpoint, read_only
+        if read_only:
+            return
         try:
             if not self.client.bucket_exists(bucket):
                 self.client.make_bucket(bucket)
@@ -154,6 +172,8 @@ class S3Store(Store):
         return f"{self.prefix}/{key}" if self.prefix else key
 
     def put_bytes(self, key: str, data: bytes) -> None:
+        if self.read_only:
+            raise StorageError(f"refusing to write {self.uri(key)}: this store is read-only")
         # A single PUT is atomic in S3/MinIO: readers never see a partial object.
         self.client.put_object(self.bucket, self._key(key), io.BytesIO(data), len(data))
 
@@ -198,7 +218,16 @@ class S3Store(Store):
         return f"{base}/{key}" if key else base
 
 
-def open_store(cfg: StorageConfig) -> Store:
+def open_store(
+    cfg: StorageConfig,
+    *,
+    access_key: str | None = None,
+    secret_key: str | None = None,
+    read_only: bool = False,
+    http_client: Any = None,
+) -> Store:
+    """The store a config names. The keyword arguments matter for s3:// only: explicit
+    credentials (instead of the environment), read-only access and a tuned HTTP client."""
     scheme, _, rest = cfg.uri.partition("://")
     if scheme == "file":
         return LocalStore(Path(rest))
@@ -207,5 +236,5 @@ def open_store(cfg: StorageConfig) -> Store:
         endpoint = cfg.resolved_endpoint()
         if not endpoint:
             raise StorageError("s3 storage needs an endpoint: set storage.endpoint or PARIS_S3_ENDPOINT")
-        return S3Store(bucket, prefix, endpoint, cfg.secure, cfg.region)
+        return S3Store(bucket, prefix, endpoint, cfg.secure, cfg.region, access_key, secret_key, read_only, http_client)
     raise StorageError(f"unsupported storage uri {cfg.uri!r}: use file:// or s3://")

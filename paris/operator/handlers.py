@@ -16,10 +16,10 @@ from typing import Any
 import kopf
 from pydantic import ValidationError
 
-from paris.config import API_GROUP, API_VERSION, OperatorSettings, ParisExpertSpec, ParisRouterSpec
+from paris.config import API_GROUP, API_VERSION, OperatorSettings, ParisExpertSpec, ParisRouterSpec, StorageConfig
 
 from . import builders, kube
-from .progress import Location, expert_progress
+from .progress import expert_progress
 from .status import (
     SUCCEEDED,
     Computed,
@@ -126,9 +126,9 @@ def reconcile_expert(body: Mapping[str, Any], patch: kopf.Patch) -> None:
     if creds is not None:
         endpoint = builders.s3_endpoint(st, SETTINGS) or ""
         try:
-            loc = Location.from_uri(st.uri, endpoint, st.secure, st.region)
+            cfg = StorageConfig(uri=st.uri, endpoint=endpoint or None, secure=st.secure, region=st.region)
             progress, checkpoint = expert_progress(
-                loc, spec.model, spec.cluster, creds[st.access_key_key], creds[st.secret_key_key]
+                cfg, creds[st.access_key_key], creds[st.secret_key_key], spec.model, spec.cluster
             )
         except Exception as err:  # the store being down must not stop the Job's status
             storage_problem = f"cannot read progress from {endpoint or 'the store'}: {type(err).__name__}"

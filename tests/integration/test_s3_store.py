@@ -3,6 +3,7 @@ expert trained with nothing but the bucket in common."""
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 
@@ -62,3 +63,16 @@ def test_prepare_and_train_an_expert_through_minio(minio_server: MinioServer, tm
     assert any(n.startswith(f"run1/{latest['prefix']}/") and n.endswith(".safetensors") for n in names)
     # Expert 1 wrote under its own prefix only.
     assert not any("/experts/0/" in n for n in names)
+
+
+def test_a_read_only_store_reads_but_never_writes_or_creates_buckets(minio_server: MinioServer) -> None:
+    bucket = minio_server.make_bucket()
+    minio_server.client().put_object(bucket, "p/progress.json", io.BytesIO(b'{"step": 3}'), 11)
+    ro = open_store(StorageConfig(uri=f"s3://{bucket}/p", endpoint=minio_server.endpoint), read_only=True,
+                    access_key=minio_server.access_key, secret_key=minio_server.secret_key)
+    assert ro.get_json("progress.json") == {"step": 3}
+    with pytest.raises(StorageError, match="read-only"):
+        ro.put_bytes("x", b"1")
+    open_store(StorageConfig(uri="s3://never-created", endpoint=minio_server.endpoint), read_only=True,
+               access_key=minio_server.access_key, secret_key=minio_server.secret_key)
+    assert not minio_server.client().bucket_exists("never-created")
