@@ -9,9 +9,18 @@ import matplotlib
 
 matplotlib.use("Agg")  # files only; never needs a display
 import matplotlib.pyplot as plt
+from matplotlib.figure import Figure
 from PIL import Image
 
 from paris.storage import Store
+
+
+def _figure_png(fig: Figure) -> bytes:
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    return buf.getvalue()
 
 
 def loss_plot_png(curves: dict[str, list[tuple[int, float]]], title: str = "training loss") -> bytes:
@@ -26,11 +35,7 @@ def loss_plot_png(curves: dict[str, list[tuple[int, float]]], title: str = "trai
     ax.grid(alpha=0.3)
     if len(curves) > 1:
         ax.legend(fontsize=7, ncol=2)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    plt.close(fig)
-    return buf.getvalue()
+    return _figure_png(fig)
 
 
 def save_loss_plot(store: Store, key: str, curves: dict[str, list[tuple[int, float]]]) -> None:
@@ -47,11 +52,7 @@ def accuracy_plot_png(rows: list[dict[str, float]], title: str = "router held-ou
     ax.set_ylim(0, 1.02)
     ax.set_title(title)
     ax.grid(alpha=0.3)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    plt.close(fig)
-    return buf.getvalue()
+    return _figure_png(fig)
 
 
 def grid(images: list[Image.Image], cols: int, scale: int = 1, pad: int = 2) -> Image.Image:

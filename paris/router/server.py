@@ -13,7 +13,6 @@ One pipeline call runs at a time: the model is small and the CPU/GPU is shared a
 from __future__ import annotations
 
 import base64
-import io
 import logging
 import secrets
 import tempfile
@@ -30,6 +29,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from PIL import Image
 
 from paris.config import GenerateRequest, RunConfig, SampleConfig
+from paris.plots import grid, png_bytes
 
 log = logging.getLogger("paris.serve")
 
@@ -98,18 +98,6 @@ def _resize(images: list[Image.Image], size: int | None) -> list[Image.Image]:
         method = Image.Resampling.NEAREST if size >= max(im.size) else Image.Resampling.LANCZOS
         out.append(im.resize((size, size), method))
     return out
-
-
-def _png(image: Image.Image) -> bytes:
-    buf = io.BytesIO()
-    image.save(buf, format="PNG")
-    return buf.getvalue()
-
-
-def _grid(images: list[Image.Image]) -> Image.Image:
-    from paris.plots import grid
-
-    return grid(images, cols=min(len(images), 4), scale=1)
 
 
 def _wants_json(req: GenerateRequest, accept: str) -> bool:
@@ -218,7 +206,7 @@ def create_app(load: Callable[[], Any], defaults: SampleConfig) -> FastAPI:
         if _wants_json(req, request.headers.get("accept", "")):
             return JSONResponse(
                 {
-                    "images": [base64.b64encode(_png(im)).decode() for im in images],
+                    "images": [base64.b64encode(png_bytes(im)).decode() for im in images],
                     "seed": seed,
                     "routing": routing,
                     "steps": steps,
@@ -228,7 +216,7 @@ def create_app(load: Callable[[], Any], defaults: SampleConfig) -> FastAPI:
                 },
                 headers=headers,
             )
-        body = _png(images[0] if len(images) == 1 else _grid(images))
+        body = png_bytes(images[0] if len(images) == 1 else grid(images, cols=min(len(images), 4)))
         return Response(body, media_type="image/png", headers=headers)
 
     return app
