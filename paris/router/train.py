@@ -9,7 +9,7 @@ from __future__ import annotations
 import itertools
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -48,7 +48,7 @@ def router_loss(data: ShardSet, cfg: TrainConfig) -> LossFn:
         idx = torch.randint(n, (b,), generator=g)
         t = sample_t(b, cfg.timestep_sampling, g, cfg.logit_mean, cfg.logit_std, cfg.mode_scale)
         eps = torch.randn(data.latents[idx].shape, generator=g)
-        logits = _inputs(model, data, idx, t, eps, device)  # type: ignore[arg-type]
+        logits = _inputs(cast(ParisRouter, model), data, idx, t, eps, device)
         return F.cross_entropy(logits.float(), data.clusters[idx].to(device))
 
     return loss_fn

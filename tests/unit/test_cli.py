@@ -4,6 +4,7 @@ one-line errors users get for bad input."""
 from __future__ import annotations
 
 import json
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -66,9 +67,9 @@ def test_paris_run_does_the_whole_job(tmp_path: Path) -> None:
     assert len(pids) == 2
 
 
-def _assert_one_line_error(r: object, needle: str) -> None:
-    assert r.returncode == 2, (r.stdout, r.stderr)  # type: ignore[attr-defined]
-    err = r.stderr.strip()  # type: ignore[attr-defined]
+def _assert_one_line_error(r: subprocess.CompletedProcess[str], needle: str) -> None:
+    assert r.returncode == 2, (r.stdout, r.stderr)
+    err = r.stderr.strip()
     assert "Traceback" not in err, err
     last = err.splitlines()[-1]
     assert last.startswith("error:") and needle in last, err
