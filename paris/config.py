@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -223,11 +224,22 @@ class RunConfig(_Model):
 # --------------------------------------------------------------------------------------
 
 
-def _format_validation_error(err: ValidationError) -> str:
-    first = err.errors()[0]
-    where = ".".join(str(p) for p in first["loc"]) or "config"
-    more = f" (and {err.error_count() - 1} more)" if err.error_count() > 1 else ""
-    return f"{where}: {first['msg']}{more}"
+def describe_errors(
+    errors: ValidationError | Sequence[Mapping[str, Any]], root: str = "", whole: str = "config"
+) -> str:
+    """The first validation error as one line, `where: message (and N more)`.
+
+    The one formatter for every surface: config files, custom resource specs (root="spec")
+    and HTTP request bodies (FastAPI's `body` location element is dropped). `whole` names an
+    error about the whole object."""
+    items = list(errors.errors() if isinstance(errors, ValidationError) else errors)
+    if not items:
+        return f"{root or whole}: invalid"
+    first = items[0]
+    parts = [str(p) for p in first.get("loc", ()) if p != "body"]
+    where = ".".join([root, *parts] if root else parts) or whole
+    more = f" (and {len(items) - 1} more)" if len(items) > 1 else ""
+    return f"{where}: {first.get('msg', 'invalid')}{more}"
 
 
 def parse_config(data: Any, source: str = "config") -> RunConfig:
@@ -238,7 +250,7 @@ def parse_config(data: Any, source: str = "config") -> RunConfig:
     try:
         return RunConfig.model_validate(data)
     except ValidationError as err:
-        raise ConfigError(f"{source}: {_format_validation_error(err)}") from None
+        raise ConfigError(f"{source}: {describe_errors(err)}") from None
 
 
 def load_config(path: str | Path | None) -> RunConfig:

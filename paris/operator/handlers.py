@@ -16,7 +16,15 @@ from typing import Any
 import kopf
 from pydantic import ValidationError
 
-from paris.config import API_GROUP, API_VERSION, OperatorSettings, ParisExpertSpec, ParisRouterSpec, StorageConfig
+from paris.config import (
+    API_GROUP,
+    API_VERSION,
+    OperatorSettings,
+    ParisExpertSpec,
+    ParisRouterSpec,
+    StorageConfig,
+    describe_errors,
+)
 
 from . import builders, kube
 from .progress import expert_progress
@@ -52,12 +60,6 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     kube.login()
 
 
-def _invalid(err: ValidationError) -> str:
-    first = err.errors()[0]
-    where = ".".join(str(p) for p in first["loc"]) or "spec"
-    return f"spec.{where}: {first['msg']}"
-
-
 def _apply(body: Mapping[str, Any], patch: kopf.Patch, computed: Computed) -> None:
     delta = changed(body.get("status"), computed.status)
     if delta:
@@ -90,9 +92,8 @@ def reconcile_expert(body: Mapping[str, Any], patch: kopf.Patch) -> None:
     try:
         spec = ParisExpertSpec.model_validate(dict(body["spec"]))
     except ValidationError as err:
-        _apply(
-            body, patch, expert_status(body.get("status"), ExpertFacts(generation, None, invalid_spec=_invalid(err)))
-        )
+        facts = ExpertFacts(generation, None, invalid_spec=describe_errors(err, "spec"))
+        _apply(body, patch, expert_status(body.get("status"), facts))
         return
 
     st = spec.storage
@@ -177,7 +178,7 @@ def reconcile_router(body: Mapping[str, Any], patch: kopf.Patch) -> None:
     try:
         spec = ParisRouterSpec.model_validate(dict(body["spec"]))
     except ValidationError as err:
-        facts = RouterFacts(generation, [], 1, invalid_spec=_invalid(err))
+        facts = RouterFacts(generation, [], 1, invalid_spec=describe_errors(err, "spec"))
         _apply(body, patch, router_status(body.get("status"), facts))
         return
     experts, needed = _selected_experts(ns, spec)

@@ -28,7 +28,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from PIL import Image
 
-from paris.config import GenerateRequest, RunConfig, SampleConfig
+from paris.config import GenerateRequest, RunConfig, SampleConfig, describe_errors
 from paris.plots import grid, png_bytes
 
 log = logging.getLogger("paris.serve")
@@ -146,12 +146,10 @@ def create_app(load: Callable[[], Any], defaults: SampleConfig) -> FastAPI:
     @app.exception_handler(RequestValidationError)
     async def invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
         errors = exc.errors()
-        first = errors[0] if errors else {"loc": (), "msg": "invalid request"}
-        where = ".".join(str(p) for p in first.get("loc", ()) if p != "body") or "body"
         return JSONResponse(
             status_code=422,
             content={
-                "error": f"{where}: {first.get('msg')}",
+                "error": describe_errors(errors, whole="body"),
                 "detail": [{k: e.get(k) for k in ("loc", "msg", "type")} for e in errors],
             },
         )
