@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import importlib
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -22,10 +22,35 @@ from PIL import Image
 
 from paris.config import parse_routing
 from paris.data.encoders import tensor_to_images
+from paris.errors import ParisError
 from paris.router.model import ParisRouter
 from paris.router.routing import guided, mix, routing_weights
 from paris.trainer.loop import attention_backend
 from paris.trainer.model import expert_velocity
+
+GUIDANCE_ROUTING = ("shared", "separate")
+
+# What model_index.json may name: the classes paris puts into a pipeline, nothing else.
+ALLOWED_COMPONENTS = frozenset(
+    {
+        ("paris.router.model", "ParisRouter"),
+        ("diffusers", "PixArtTransformer2DModel"),
+        ("diffusers", "FlowMatchEulerDiscreteScheduler"),
+        ("diffusers", "AutoencoderKL"),
+        ("transformers", "BertModel"),
+        ("transformers", "BertTokenizerFast"),
+        ("transformers", "BertTokenizer"),
+    }
+)
+
+
+@dataclass
+class Branch:
+    """One CFG branch of a batch: its caption states, and the routing weights of this step."""
+
+    text: torch.Tensor  # [B, L, D]
+    mask: torch.Tensor  # [B, L]
+    weights: torch.Tensor = field(default_factory=lambda: torch.empty(0))  # [B, K]
 
 
 @dataclass
@@ -78,7 +103,10 @@ class ParisPipeline(DiffusionPipeline):
 
     @classmethod
     def from_pretrained(cls, path: str | Path, **kwargs: Any) -> ParisPipeline:
-        """Load from a local directory only (never a hub)."""
+        """Load from a local directory only (never a hub).
+
+        `model_index.json` comes from the store, so it must not choose what gets imported:
+        only the (library, class) pairs that paris itself writes are accepted."""
         path = Path(path)
         index = json.loads((path / "model_index.json").read_text())
         parts: dict[str, Any] = {}
@@ -89,6 +117,11 @@ class ParisPipeline(DiffusionPipeline):
                 library, class_name = value
                 if library is None:
                     continue
+                if (library, class_name) not in ALLOWED_COMPONENTS:
+                    raise ParisError(
+                        f"{path / 'model_index.json'}: component {name!r} names {library}.{class_name}, "
+                        "which is not a class paris writes; refusing to import it"
+                    )
                 klass = getattr(importlib.import_module(library), class_name)
                 parts[name] = klass.from_pretrained(path / name, local_files_only=True)
             else:
@@ -116,6 +149,32 @@ class ParisPipeline(DiffusionPipeline):
 
     # ---- sampling --------------------------------------------------------------------------
 
+    def check_inputs(
+        self,
+        prompt: str | list[str] | None,
+        num_inference_steps: int,
+        guidance_scale: float,
+        routing: str,
+        prompt_embeds: torch.Tensor | None,
+        prompt_mask: torch.Tensor | None,
+        output_type: str,
+        guidance_routing: str,
+    ) -> int | None:
+        """Reject bad arguments before any work; returns the routing mode's expert count."""
+        if prompt is None and prompt_embeds is None:
+            raise ValueError("pass a prompt or prompt_embeds")
+        if prompt_embeds is not None and prompt_mask is None:
+            raise ValueError("prompt_embeds needs prompt_mask")
+        if num_inference_steps < 1:
+            raise ValueError(f"num_inference_steps must be >= 1, got {num_inference_steps}")
+        if guidance_scale < 0:
+            raise ValueError(f"guidance_scale must be >= 0, got {guidance_scale}")
+        if output_type not in ("pil", "np", "pt"):
+            raise ValueError(f"output_type must be pil, np or pt, got {output_type!r}")
+        if guidance_routing not in GUIDANCE_ROUTING:
+            raise ValueError(f"guidance_routing must be one of {GUIDANCE_ROUTING}, got {guidance_routing!r}")
+        return parse_routing(routing)
+
     @torch.no_grad()
     def __call__(
         self,
@@ -131,59 +190,70 @@ class ParisPipeline(DiffusionPipeline):
         null_mask: torch.Tensor | None = None,
         output_type: str = "pil",
         shift: float | None = None,
+        guidance_routing: str = "shared",
+        latents: torch.Tensor | None = None,
     ) -> ParisPipelineOutput:
-        keep = parse_routing(routing)
+        """Sample with per-expert CFG mixed by the router (see paris.router.routing).
+
+        `guidance_routing`: "shared" weights the unconditional branch with the conditional
+        branch's routing (the default, measured in the README); "separate" routes the
+        unconditional branch with the router's weights for the empty caption.
+        `latents` is the starting noise [B, C, H, W] (B = prompts x images per prompt);
+        without it the noise comes from `generator`. `output_type="pt"` returns images in [-1, 1].
+        """
+        # 1. Check inputs
+        keep = self.check_inputs(
+            prompt, num_inference_steps, guidance_scale, routing, prompt_embeds, prompt_mask, output_type,
+            guidance_routing,
+        )
         device = self.device
+
+        # 2. Encode the prompts and the empty caption (the unconditional input for CFG)
         if prompt_embeds is None:
-            if prompt is None:
-                raise ValueError("pass a prompt or prompt_embeds")
-            prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+            prompts = [prompt] if isinstance(prompt, str) else list(prompt or [])
             prompt_embeds, prompt_mask = self.encode_prompt(prompts)
-        if prompt_mask is None:
-            raise ValueError("prompt_embeds needs prompt_mask")
-        if null_embeds is None or null_mask is None:
-            null_embeds, null_mask = self.encode_prompt([""])  # the unconditional input for CFG
+        assert prompt_mask is not None  # check_inputs
+        do_cfg = guidance_scale != 1.0
+        if do_cfg and (null_embeds is None or null_mask is None):
+            null_embeds, null_mask = self.encode_prompt([""])
         text = prompt_embeds.repeat_interleave(num_images_per_prompt, 0).to(device)
         mask = prompt_mask.repeat_interleave(num_images_per_prompt, 0).to(device)
         b = text.shape[0]
+
+        # 3. Prepare the noise: drawn on the CPU, so a seed gives the same images on any device
         cfg_r = self.router.config
         shape = torch.Size((b, cfg_r.in_channels, cfg_r.sample_size, cfg_r.sample_size))
-        x = torch.randn(shape, generator=generator).to(device)  # noise drawn on the CPU: same on any device
+        if latents is not None and latents.shape != shape:
+            raise ValueError(f"latents must have shape {tuple(shape)}, got {tuple(latents.shape)}")
+        x = (latents.float() if latents is not None else torch.randn(shape, generator=generator)).to(device)
 
+        # 4. Prepare the timesteps (set_shift: the shift read by set_timesteps, not the config)
         if shift is not None:
-            self.scheduler.register_to_config(shift=shift)
+            self.scheduler.set_shift(shift)
         self.scheduler.set_timesteps(num_inference_steps, device=device)
+
+        # 5. Denoise: route, run only the chosen experts, mix, Euler step
+        branches = [Branch(text, mask)]
+        if do_cfg:
+            assert null_embeds is not None and null_mask is not None
+            branches.append(Branch(null_embeds.expand(b, -1, -1).to(device), null_mask.expand(b, -1).to(device)))
         k_all = cfg_r.num_clusters
         usage = torch.zeros(k_all, dtype=torch.float64)
         calls = [0] * k_all
-        do_cfg = guidance_scale != 1.0
         with attention_backend(device):
             for t in self.progress_bar(self.scheduler.timesteps):
                 ts = t.expand(b).to(device)
-                logits = self.router(
-                    x, ts, text if cfg_r.caption_channels else None, mask if cfg_r.caption_channels else None
-                )
-                w = routing_weights(logits.float().softmax(-1), keep)
-                usage += w.sum(0).double().cpu()
-                velocities = {}
-                for k, expert in enumerate(self.experts):
-                    rows = (w[:, k] > 0).nonzero().squeeze(1)
-                    if len(rows) == 0:
-                        continue  # only the chosen experts run
-                    calls[k] += len(rows)
-                    n = len(rows)
-                    if do_cfg:
-                        xx = torch.cat([x[rows], x[rows]])
-                        tt = torch.cat([ts[rows], ts[rows]])
-                        cc = torch.cat([text[rows], null_embeds.expand(n, -1, -1).to(device)])
-                        mm = torch.cat([mask[rows], null_mask.expand(n, -1).to(device)])
-                        v_c, v_u = expert_velocity(expert, xx, tt, cc, mm).float().chunk(2)
-                        velocities[k] = (rows, guided(v_c, v_u, guidance_scale))
+                for i, br in enumerate(branches):
+                    if i == 0 or (guidance_routing == "separate" and cfg_r.caption_channels):
+                        br.weights = routing_weights(self._route(x, ts, br).softmax(-1), keep)
                     else:
-                        velocities[k] = (rows, expert_velocity(expert, x[rows], ts[rows], text[rows], mask[rows]))
-                v = mix(w, velocities, shape)
+                        br.weights = branches[0].weights
+                usage += branches[0].weights.sum(0).double().cpu()
+                mixed = self._mixed_velocities(x, ts, branches, calls)
+                v = guided(mixed[0], mixed[1], guidance_scale) if do_cfg else mixed[0]
                 x = self.scheduler.step(v, t, x).prev_sample
 
+        # 6. Decode and convert
         images = self.decode(x)
         usage = usage / usage.sum()
         out: Any = images
@@ -192,6 +262,34 @@ class ParisPipeline(DiffusionPipeline):
         elif output_type == "np":
             out = ((images.clamp(-1, 1) + 1) / 2).permute(0, 2, 3, 1).cpu().numpy()
         return ParisPipelineOutput(images=out, usage=usage.tolist(), expert_calls=calls)
+
+    def _route(self, x: torch.Tensor, ts: torch.Tensor, br: Branch) -> torch.Tensor:
+        """Router logits [B, K]; the caption goes in only for a text-conditioned router."""
+        if self.router.config.caption_channels:
+            return self.router(x, ts, br.text, br.mask).float()
+        return self.router(x, ts).float()
+
+    def _mixed_velocities(
+        self, x: torch.Tensor, ts: torch.Tensor, branches: list[Branch], calls: list[int]
+    ) -> list[torch.Tensor]:
+        """Per branch, sum_k w_k v_k(x, c_branch). Each expert runs once per step, on the rows
+        routed to it in any branch, cond and uncond stacked into one batch."""
+        per_branch: list[dict[int, tuple[torch.Tensor, torch.Tensor]]] = [{} for _ in branches]
+        for k, expert in enumerate(self.experts):
+            picked = [(br.weights[:, k] > 0).nonzero().squeeze(1) for br in branches]
+            if all(len(rows) == 0 for rows in picked):
+                continue  # only the chosen experts run
+            calls[k] += len(set().union(*(rows.tolist() for rows in picked)))
+            v = expert_velocity(
+                expert,
+                torch.cat([x[rows] for rows in picked]),
+                torch.cat([ts[rows] for rows in picked]),
+                torch.cat([br.text[rows] for br, rows in zip(branches, picked, strict=True)]),
+                torch.cat([br.mask[rows] for br, rows in zip(branches, picked, strict=True)]),
+            )
+            for i, part in enumerate(v.split([len(rows) for rows in picked])):
+                per_branch[i][k] = (picked[i], part)
+        return [mix(br.weights, vs, x.shape) for br, vs in zip(branches, per_branch, strict=True)]
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         """Latents -> images in [-1, 1]."""
