@@ -11,7 +11,7 @@ from typing import Annotated
 
 import typer
 
-from paris.config import RunConfig, load_config, parse_routing
+from paris.config import DEFAULT_ROUTING, RunConfig, load_config, parse_routing, sample_overrides
 from paris.errors import ParisError
 from paris.progress import console
 from paris.storage import Store, open_store
@@ -85,34 +85,44 @@ def train_router(
 def generate(
     config: ConfigArg = None,
     prompt: Annotated[list[str] | None, typer.Option("--prompt", "-p", help="Repeat for several")] = None,
-    routing: Annotated[str, typer.Option(help="top1, top2, topk:K or full")] = "top2",
-    steps: Annotated[int | None, typer.Option(min=1, max=1000)] = None,
-    guidance: Annotated[float | None, typer.Option(min=0, max=50)] = None,
-    seed: Annotated[int | None, typer.Option()] = None,
-    count: Annotated[int, typer.Option(min=1, max=256, help="Images per prompt")] = 4,
+    routing: Annotated[str, typer.Option(help="top1, top2, topk:K or full")] = DEFAULT_ROUTING,
+    steps: Annotated[int | None, typer.Option(help="Sampling steps (default: sample.steps)")] = None,
+    guidance: Annotated[float | None, typer.Option(help="CFG scale (default: sample.guidance)")] = None,
+    seed: Annotated[int | None, typer.Option(help="Default: sample.seed")] = None,
+    count: Annotated[int | None, typer.Option(help="Images per prompt (default: sample.per_prompt)")] = None,
     out: Annotated[Path, typer.Option(help="Output folder for PNGs and grid.png")] = Path("samples"),
 ) -> None:
-    """Sample images with the routed experts and write PNGs plus a grid."""
+    """Sample images with the routed experts and write PNGs plus a grid.
+
+    Without --prompt: sample.prompts, else (digits) one prompt per digit, else held-out captions.
+    Bounds of every option are those of the config's `sample` section."""
     from paris.data.encoders import tensor_to_images
+    from paris.data.shards import load_manifest
+    from paris.evaluate import digit_prompts
     from paris.router.assemble import load_pipeline
-    from paris.router.generate import grid_png, sample_prompts
+    from paris.router.generate import default_prompts, grid_png, sample_prompts
 
     try:
         parse_routing(routing)
     except ValueError as err:
         raise ParisError(str(err)) from None
     cfg, store = _load(config)
-    s = cfg.sample.model_copy(
-        update={k: v for k, v in {"steps": steps, "guidance": guidance, "seed": seed}.items() if v is not None}
-    )
-    prompts = prompt or cfg.sample.prompts or ["a handwritten digit seven"]
+    over = {"steps": steps, "guidance": guidance, "seed": seed, "per_prompt": count}
+    s = sample_overrides(cfg.sample, {k: v for k, v in over.items() if v is not None}, "command-line option")
+    prompts = prompt or cfg.sample.prompts
+    if not prompts:
+        if cfg.data.source == "digits":
+            prompts = [p for p, _ in digit_prompts()]
+        else:
+            prompts = default_prompts(store, load_manifest(store, cfg.data.name), s.seed)
     with tempfile.TemporaryDirectory() as tmp:
         pipe = load_pipeline(store, cfg.model, Path(tmp))
-        samples = sample_prompts(pipe, prompts, routing, s, per_prompt=count)
+        samples = sample_prompts(pipe, prompts, routing, s)
     out.mkdir(parents=True, exist_ok=True)
+    n = s.per_prompt
     for i, im in enumerate(tensor_to_images(samples.images)):
-        im.save(out / f"{i // count:03d}-{i % count:02d}.png")
-    (out / "grid.png").write_bytes(grid_png(samples.images, cols=count))
+        im.save(out / f"{i // n:03d}-{i % n:02d}.png")
+    (out / "grid.png").write_bytes(grid_png(samples.images, cols=n))
     console.print(
         f"wrote {len(samples.images)} images and {out / 'grid.png'}; expert usage "
         + " ".join(f"{u:.2f}" for u in samples.usage)

@@ -137,9 +137,18 @@ class DataConfig(_Model):
 
 Preset = Literal["tiny", "S", "B", "L", "XL"]
 
+# (hidden size, depth, heads) — DiT-S/B/L/XL; tiny is ours (~1M parameters at the digits' size).
+PRESETS: dict[str, tuple[int, int, int]] = {
+    "tiny": (128, 4, 4),
+    "S": (384, 12, 6),
+    "B": (768, 12, 12),
+    "L": (1024, 24, 16),
+    "XL": (1152, 28, 16),
+}
 
-class ExpertModelConfig(_Model):
-    """A PixArt-alpha DiT: adaLN-single timestep conditioning + cross-attention to text."""
+
+class _Arch(_Model):
+    """A transformer's shape: a preset, optionally overridden field by field."""
 
     preset: Preset = "tiny"
     patch_size: int = Field(2, ge=1, le=8)
@@ -147,19 +156,43 @@ class ExpertModelConfig(_Model):
     depth: int | None = Field(None, ge=1, description="Override the preset")
     heads: int | None = Field(None, ge=1, description="Override the preset")
 
+    def arch(self) -> tuple[int, int, int]:
+        """(hidden size, depth, heads) after overrides."""
+        hidden, depth, heads = PRESETS[self.preset]
+        return self.hidden_size or hidden, self.depth or depth, self.heads or heads
 
-class RouterModelConfig(_Model):
+    @model_validator(mode="after")
+    def _heads_divide_hidden(self) -> _Arch:
+        hidden, _, heads = self.arch()
+        if hidden % heads:
+            raise ValueError(f"hidden size {hidden} is not divisible by {heads} heads")
+        return self
+
+
+class ExpertModelConfig(_Arch):
+    """A PixArt-alpha DiT: adaLN-single timestep conditioning + cross-attention to text."""
+
+
+class RouterModelConfig(_Arch):
     """A DiT classifier with a CLS token: predicts the cluster of x_0 from (x_t, t)."""
 
     preset: Literal["tiny", "S", "B"] = "tiny"
-    patch_size: int = Field(2, ge=1, le=8)
-    hidden_size: int | None = Field(None, ge=8)
-    depth: int | None = Field(None, ge=1)
-    heads: int | None = Field(None, ge=1)
     condition_on_text: bool = Field(
         False,
         description="Also attend to the caption: estimates p(k | x_t, t, c) instead of p(k | x_t, t)",
     )
+
+
+def check_patch_sizes(data: DataConfig, *models: _Arch) -> None:
+    """In pixel space the latent size is the image size, so a patch that does not divide it is
+    a config mistake caught before any work (with a VAE, once the VAE's factor is known)."""
+    if data.vae is None:
+        for m in models:
+            if data.image_size % m.patch_size:
+                raise ValueError(f"data.image_size {data.image_size} is not divisible by patch size {m.patch_size}")
+
+
+DEVICE_PATTERN = r"^(auto|cpu|mps|cuda(:[0-9]+)?)$"
 
 
 class TrainConfig(_Model):
@@ -179,7 +212,7 @@ class TrainConfig(_Model):
     mixed_precision: Literal["auto", "no", "bf16", "fp16"] = Field(
         "auto", description="auto: bf16 where the device runs it fast (CUDA with bf16, CPU with AMX)"
     )
-    device: str = Field("auto", description="auto, cpu, cuda, cuda:N or mps")
+    device: str = Field("auto", pattern=DEVICE_PATTERN, description="auto, cpu, cuda, cuda:N or mps")
     threads: int | None = Field(None, ge=1, description="CPU threads (default: torch's choice)")
     checkpoint_every: int = Field(500, ge=1)
     log_every: int = Field(10, ge=1)
@@ -195,6 +228,9 @@ class RouterConfig(_Model):
     )
 
 
+DEFAULT_ROUTING = "top2"  # `paris generate` and the endpoint, when no mode is asked for
+
+
 class SampleConfig(_Model):
     steps: int = Field(20, ge=1, le=1000)
     guidance: float = Field(3.0, ge=0, le=50, description="Classifier-free guidance scale per expert")
@@ -203,7 +239,7 @@ class SampleConfig(_Model):
     prompts: list[str] | None = Field(None, description="Default: one prompt per digit for digits")
     per_prompt: int = Field(8, ge=1, le=256)
     seed: int = 0
-    device: str = "auto"
+    device: str = Field("auto", pattern=DEVICE_PATTERN, description="auto, cpu, cuda, cuda:N or mps")
 
 
 class RunConfig(_Model):
@@ -217,6 +253,11 @@ class RunConfig(_Model):
     router: RouterConfig = Field(default_factory=RouterConfig)
     sample: SampleConfig = Field(default_factory=SampleConfig)
     parallel: int = Field(2, ge=1, description="`paris run`: experts trained at once (one process each)")
+
+    @model_validator(mode="after")
+    def _patches_fit(self) -> RunConfig:
+        check_patch_sizes(self.data, self.expert, self.router.model)
+        return self
 
 
 # --------------------------------------------------------------------------------------
@@ -251,6 +292,15 @@ def parse_config(data: Any, source: str = "config") -> RunConfig:
         return RunConfig.model_validate(data)
     except ValidationError as err:
         raise ConfigError(f"{source}: {describe_errors(err)}") from None
+
+
+def sample_overrides(base: SampleConfig, over: dict[str, Any], source: str) -> SampleConfig:
+    """`base` with some fields replaced, validated against SampleConfig's own bounds (a
+    model_copy would skip validation), so command-line flags share the config's limits."""
+    try:
+        return SampleConfig.model_validate({**base.model_dump(), **over})
+    except ValidationError as err:
+        raise ConfigError(f"{source}: {describe_errors(err, root='sample')}") from None
 
 
 def load_config(path: str | Path | None) -> RunConfig:
@@ -359,6 +409,11 @@ class ParisExpertSpec(PodPlacement):
     )
     active_deadline_seconds: int | None = Field(None, alias="activeDeadlineSeconds", ge=1)
 
+    @model_validator(mode="after")
+    def _patches_fit(self) -> ParisExpertSpec:
+        check_patch_sizes(self.data, self.expert)
+        return self
+
 
 class ExpertSelector(_Model):
     """Which ParisExperts (in the router's namespace) feed the router: labels or names."""
@@ -391,7 +446,7 @@ class InferenceSpec(PodPlacement):
     """The generation endpoint: a Deployment + Service running `paris serve`."""
 
     replicas: int = Field(1, ge=0, le=64)
-    routing: Routing = "top2"
+    routing: Routing = DEFAULT_ROUTING
     steps: int = Field(20, ge=1, le=1000, description="Default sampling steps")
     guidance: float = Field(3.0, ge=0, le=50, description="Default classifier-free guidance")
     shift: float = Field(1.0, gt=0, description="FlowMatchEulerDiscreteScheduler shift")
@@ -409,6 +464,11 @@ class ParisRouterSpec(PodPlacement):
     router: RouterConfig = Field(default_factory=RouterConfig)
     inference: InferenceSpec = Field(default_factory=InferenceSpec)
     backoff_limit: int = Field(3, alias="backoffLimit", ge=0, le=100)
+
+    @model_validator(mode="after")
+    def _patches_fit(self) -> ParisRouterSpec:
+        check_patch_sizes(self.data, self.router.model)
+        return self
 
 
 class PoolDefaults(_Model):

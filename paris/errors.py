@@ -17,3 +17,7 @@ class DataError(ParisError):
 
 class StorageError(ParisError):
     """The object store is unreachable or an object is missing."""
+
+
+class TrainingError(ParisError):
+    """Training cannot go on with these settings (e.g. the loss diverged)."""

@@ -1,4 +1,5 @@
-"""Object store layout (design doc §4): the only place that spells out key prefixes."""
+"""Object store layout (README, "Store layout and crash safety"): the only place that spells
+out key prefixes."""
 
 from __future__ import annotations
 

@@ -38,28 +38,27 @@ def ensure_dataset(cfg: RunConfig, store: Store) -> dict[str, Any]:
     return prepare_dataset(cfg.data, store)
 
 
-def _progress_table(cfg: RunConfig, store: Store, procs: dict[int, subprocess.Popen[bytes] | None]) -> Table:
+Procs = dict[int, "subprocess.Popen[bytes]"]
+
+
+def process_state(k: int, procs: Procs) -> str:
+    """queued (not started), running, done, or `exit N` for a failed expert process."""
+    if k not in procs:
+        return "queued"
+    rc = procs[k].poll()
+    return "running" if rc is None else "done" if rc == 0 else f"exit {rc}"
+
+
+def _progress_table(cfg: RunConfig, progress: dict[int, dict[str, Any]], procs: Procs) -> Table:
     table = Table(title="experts (one process each)")
     for col in ("cluster", "state", "progress", "step", "loss", "samples/s"):
         table.add_column(col)
     for k in range(cfg.data.clusters):
-        p = store.get_json_or_none(f"{expert_prefix(cfg.model, k)}/progress.json") or {}
-        proc = procs.get(k)
-        state = (
-            "queued"
-            if k not in procs
-            else (
-                "running"
-                if proc is not None and proc.poll() is None
-                else "done"
-                if proc is None or proc.returncode == 0
-                else f"exit {proc.returncode}"
-            )
-        )
+        p = progress[k]
         loss = p.get("loss")
         table.add_row(
             str(k),
-            state,
+            process_state(k, procs),
             ProgressBar(total=p.get("total", cfg.train.steps), completed=p.get("step", 0), width=24),
             f"{p.get('step', 0)}/{p.get('total', cfg.train.steps)}",
             f"{loss:.4f}" if isinstance(loss, float) else "-",
@@ -68,24 +67,64 @@ def _progress_table(cfg: RunConfig, store: Store, procs: dict[int, subprocess.Po
     return table
 
 
+def progress_line(k: int, state: str, p: dict[str, Any], total: int) -> str:
+    loss = p.get("loss")
+    return (
+        f"expert {k}: {state}, step {p.get('step', 0)}/{p.get('total', total)}"
+        + (f", loss {loss:.4f}" if isinstance(loss, float) else "")
+        + (f", {p['samples_per_s']} samples/s" if p.get("samples_per_s") else "")
+    )
+
+
+def _milestone(k: int, procs: Procs, p: dict[str, Any], total: int) -> tuple[str, int]:
+    """What a log line reports a change of: the state, and progress in tenths."""
+    return process_state(k, procs), int(10 * p.get("step", 0) / max(1, p.get("total", total)))
+
+
 def train_experts(cfg: RunConfig, store: Store, log_dir: Path) -> None:
-    """Run every expert in its own process, `cfg.parallel` at a time."""
+    """Run every expert in its own process, `cfg.parallel` at a time.
+
+    On a terminal a live table; in logs (CI, `kubectl logs`) one line per expert whenever its
+    state changes or it passes another tenth of its steps."""
     threads = cfg.train.threads or max(1, (os.cpu_count() or 1) // cfg.parallel)
     child = cfg.model_copy(deep=True)
     child.train.threads = threads
     env = {**os.environ, "PARIS_CONFIG": yaml.safe_dump(child.model_dump(mode="json"))}
     log_dir.mkdir(parents=True, exist_ok=True)
-    procs: dict[int, subprocess.Popen[bytes] | None] = {}
+    procs: Procs = {}
     logs = {}
     pending = list(range(cfg.data.clusters))
-    last_print = 0.0
-    with (
-        Live(_progress_table(cfg, store, procs), console=console, refresh_per_second=1, transient=False)
+    reported: dict[int, tuple[str, int]] = {}
+    total = cfg.train.steps
+
+    def poll_progress() -> dict[int, dict[str, Any]]:
+        return {
+            k: store.get_json_or_none(f"{expert_prefix(cfg.model, k)}/progress.json") or {}
+            for k in range(cfg.data.clusters)
+        }
+
+    def report(progress: dict[int, dict[str, Any]]) -> None:
+        for k, p in progress.items():
+            now = _milestone(k, procs, p, total)
+            if k in procs and reported.get(k) != now:
+                console.print(progress_line(k, now[0], p, total))
+                reported[k] = now
+
+    def show(live: Any) -> None:
+        progress = poll_progress()
+        if interactive():
+            live.update(_progress_table(cfg, progress, procs))
+        else:
+            report(progress)
+
+    live_ctx = (
+        Live(_progress_table(cfg, poll_progress(), procs), console=console, refresh_per_second=1, transient=False)
         if interactive()
-        else _NoLive() as live
-    ):
-        while pending or any(p is not None and p.poll() is None for p in procs.values()):
-            running = sum(1 for p in procs.values() if p is not None and p.poll() is None)
+        else _NoLive()
+    )
+    with live_ctx as live:
+        while pending or any(process_state(k, procs) == "running" for k in procs):
+            running = sum(process_state(k, procs) == "running" for k in procs)
             while pending and running < cfg.parallel:
                 k = pending.pop(0)
                 logs[k] = open(log_dir / f"expert-{k}.log", "wb")  # noqa: SIM115 (closed below)
@@ -97,22 +136,19 @@ def train_experts(cfg: RunConfig, store: Store, log_dir: Path) -> None:
                     start_new_session=True,
                 )
                 running += 1
-            failed = [k for k, p in procs.items() if p is not None and p.poll() not in (None, 0)]
+            failed = [k for k in procs if process_state(k, procs).startswith("exit")]
             if failed:
                 for p in procs.values():
-                    if p is not None and p.poll() is None:
+                    if p.poll() is None:
                         p.terminate()
                 k = failed[0]
                 tail = (log_dir / f"expert-{k}.log").read_text(errors="replace").strip().splitlines()[-1:]
                 raise ParisError(
                     f"expert {k} failed ({tail[0] if tail else 'no output'}); log: {log_dir / f'expert-{k}.log'}"
                 )
-            live.update(_progress_table(cfg, store, procs))
-            if not interactive() and time.time() - last_print > 30:
-                console.print(_progress_table(cfg, store, procs))
-                last_print = time.time()
+            show(live)
             time.sleep(1.0)
-        live.update(_progress_table(cfg, store, procs))
+        show(live)
     for f in logs.values():
         f.close()
 

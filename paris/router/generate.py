@@ -12,6 +12,7 @@ import torch
 from paris.config import RunConfig, SampleConfig
 from paris.data.encoders import tensor_to_images
 from paris.data.shards import load_manifest, load_split
+from paris.errors import DataError
 from paris.evaluate import DigitsJudge, digit_prompts
 from paris.layout import router_prefix, samples_prefix
 from paris.plots import grid, png_bytes
@@ -46,6 +47,20 @@ def sample_prompts(
     return Samples(out.images.cpu(), out.usage, out.expert_calls)
 
 
+DEFAULT_PROMPTS = 8
+
+
+def default_prompts(store: Store, manifest: dict[str, Any], seed: int, n: int = DEFAULT_PROMPTS) -> list[str]:
+    """Distinct captions of held-out images (or, with no held-out split, of cluster 0): what
+    the data is about, so a dataset without `sample.prompts` still gets meaningful grids."""
+    split: int | str = "holdout" if manifest["holdout"]["size"] else 0
+    captions = sorted({c for c in load_split(store, manifest, split).captions if c.strip()})
+    if not captions:
+        raise DataError(f"dataset {manifest['name']!r} has no captions to sample: set sample.prompts")
+    pick = np.random.default_rng(seed).permutation(len(captions))[:n]
+    return [captions[i] for i in sorted(pick)]
+
+
 def grid_png(images: torch.Tensor, cols: int) -> bytes:
     pics = tensor_to_images(images)
     scale = max(1, 64 // pics[0].size[0])  # digits are 8x8: enlarge for a person to see
@@ -56,14 +71,19 @@ def sample_and_score(cfg: RunConfig, store: Store, pipe: ParisPipeline) -> dict[
     """Per routing mode: a grid in the store, the judge's scores (digits), expert usage."""
     manifest = load_manifest(store, cfg.data.name)
     digits = cfg.data.source == "digits" and manifest["holdout"]["size"] >= 50
+    labels: list[int] | None = None
     if cfg.sample.prompts:
-        prompts, labels = cfg.sample.prompts, None
+        prompts = cfg.sample.prompts
     elif digits:
         prompts, labels = [p for p, _ in digit_prompts()], [d for _, d in digit_prompts()]
     else:
-        raise ValueError("sample.prompts is required for datasets other than digits")
+        prompts = default_prompts(store, manifest, cfg.sample.seed)
     judge = DigitsJudge.fit(load_split(store, manifest, "holdout"), cfg.sample.seed) if digits and labels else None
-    results: dict[str, Any] = {"modes": {}, "judge_cv_accuracy": judge.cv_accuracy if judge else None}
+    results: dict[str, Any] = {
+        "modes": {},
+        "prompts": prompts,
+        "judge_cv_accuracy": judge.cv_accuracy if judge else None,
+    }
     for mode in cfg.sample.routing:
         s = sample_prompts(pipe, prompts, mode, cfg.sample)
         key = f"{samples_prefix(cfg.model)}/{mode.replace(':', '-')}.png"

@@ -19,7 +19,8 @@ from diffusers.models.normalization import AdaLayerNormSingle
 from torch import nn
 
 from paris.config import RouterModelConfig
-from paris.trainer.model import init_weights, resolve_arch
+from paris.errors import ConfigError
+from paris.trainer.model import init_dit
 
 
 class ParisRouter(ModelMixin, ConfigMixin):
@@ -87,7 +88,11 @@ class ParisRouter(ModelMixin, ConfigMixin):
 
 
 def build_router(cfg: RouterModelConfig, num_clusters: int, latent: dict[str, int], text_dim: int) -> ParisRouter:
-    hidden, depth, heads = resolve_arch(cfg)
+    hidden, depth, heads = cfg.arch()
+    if latent["size"] % cfg.patch_size:
+        raise ConfigError(
+            f"router.model.patch_size {cfg.patch_size} does not divide the latent size {latent['size']} of this dataset"
+        )
     model = ParisRouter(
         num_clusters=num_clusters,
         sample_size=latent["size"],
@@ -98,6 +103,6 @@ def build_router(cfg: RouterModelConfig, num_clusters: int, latent: dict[str, in
         heads=heads,
         caption_channels=text_dim if cfg.condition_on_text else None,
     )
-    init_weights(model)
+    init_dit(model, model.blocks, model.adaln_single, None)
     nn.init.normal_(model.cls, std=0.02)
     return model

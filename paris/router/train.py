@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from paris.config import RunConfig, TrainConfig
-from paris.data.shards import ShardSet, load_manifest, load_split
+from paris.data.shards import ShardSet, load_manifest, load_null_text, load_split
 from paris.layout import router_prefix
 from paris.plots import accuracy_plot_png, save_loss_plot
 from paris.progress import console
@@ -32,23 +32,41 @@ NOISE_BINS = np.linspace(0.0, 1.0, 11)
 
 
 def _inputs(
-    model: ParisRouter, data: ShardSet, idx: torch.Tensor, t: torch.Tensor, eps: torch.Tensor, device: torch.device
+    model: ParisRouter,
+    data: ShardSet,
+    idx: torch.Tensor,
+    t: torch.Tensor,
+    eps: torch.Tensor,
+    device: torch.device,
+    drop: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
 ) -> torch.Tensor:
+    """Router logits for samples idx at noise t; `drop` = (rows, null states, null mask)
+    replaces those rows' captions with the empty caption."""
     x_t = interpolate(data.latents[idx], eps, t)
     text = mask = None
     if model.config.caption_channels:
-        text, mask = data.text_states[idx].float().to(device), data.text_mask[idx].to(device)
+        text, mask = data.text_states[idx].float(), data.text_mask[idx].clone()
+        if drop is not None:
+            rows, null_states, null_mask = drop
+            text[rows], mask[rows] = null_states.float(), null_mask
+        text, mask = text.to(device), mask.to(device)
     return model(x_t.to(device), model_timestep(t).to(device), text, mask)
 
 
-def router_loss(data: ShardSet, cfg: TrainConfig) -> LossFn:
+def router_loss(data: ShardSet, null_text: tuple[torch.Tensor, torch.Tensor], cfg: TrainConfig) -> LossFn:
+    """Cross-entropy against the cluster of x_0. A caption-aware router sees the empty caption
+    in `caption_dropout` of the rows, so it also estimates p(k | x_t, t) for the unconditional
+    CFG branch (paris.router.pipeline, guidance_routing="separate")."""
     n, b = len(data), cfg.batch_size
 
     def loss_fn(model: torch.nn.Module, g: torch.Generator, device: torch.device) -> torch.Tensor:
         idx = torch.randint(n, (b,), generator=g)
         t = sample_t(b, cfg.timestep_sampling, g, cfg.logit_mean, cfg.logit_std, cfg.mode_scale)
         eps = torch.randn(data.latents[idx].shape, generator=g)
-        logits = _inputs(cast(ParisRouter, model), data, idx, t, eps, device)
+        drop = None
+        if cfg.caption_dropout > 0:
+            drop = ((torch.rand(b, generator=g) < cfg.caption_dropout), *null_text)
+        logits = _inputs(cast(ParisRouter, model), data, idx, t, eps, device, drop)
         return F.cross_entropy(logits.float(), data.clusters[idx].to(device))
 
     return loss_fn
@@ -85,7 +103,8 @@ def train_router(cfg: RunConfig, store: Store) -> tuple[TrainResult, list[dict[s
     model = build_router(cfg.router.model, k, manifest["latent"], manifest["text"]["dim"])
     prefix = router_prefix(cfg.model)
     meta: dict[str, Any] = {"clusters": k, "samples": len(data), "params": count_params(model)}
-    result = train(model, router_loss(data, cfg.router.train), cfg.router.train, store, prefix, "router", meta)
+    loss = router_loss(data, load_null_text(store, manifest), cfg.router.train)
+    result = train(model, loss, cfg.router.train, store, prefix, "router", meta)
     save_loss_plot(store, f"{prefix}/loss.png", {"router": result.history})
 
     acc: list[dict[str, float]] = []

@@ -24,6 +24,7 @@ from diffusers.training_utils import EMAModel
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from paris.config import TrainConfig
+from paris.errors import TrainingError
 from paris.progress import bar, console
 from paris.storage import Store
 from paris.trainer.checkpoint import fetch_checkpoint, save_checkpoint
@@ -65,7 +66,7 @@ def autocast_dtype(mode: str, device: torch.device) -> torch.dtype | None:
 
 def attention_backend(device: torch.device) -> AbstractContextManager[None]:
     """On the CPU the math SDPA kernel is faster than the flash one for these small models,
-    most of all in the backward pass and under bf16 (see bench/attention.py)."""
+    most of all in the backward pass and under bf16 (measured by bench/train_step.py)."""
     if device.type == "cpu":
         return sdpa_kernel([SDPBackend.MATH])
     return nullcontext()
@@ -184,7 +185,10 @@ def train(
 
             value = float(total)
             if not math.isfinite(value):
-                raise FloatingPointError(f"{label}: loss became {value} at step {step + 1}; lower the lr")
+                raise TrainingError(
+                    f"{label}: loss became {value} at step {step + 1} (lr {cfg.lr:g}); lower train.lr "
+                    "or raise train.warmup_steps"
+                )
             smooth = value if math.isnan(smooth) else 0.95 * smooth + 0.05 * value
             done = step + 1
             if done % log_every == 0 or done == cfg.steps:

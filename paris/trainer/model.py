@@ -6,36 +6,24 @@ that learns the digits on a CPU in minutes.
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Iterable
+from typing import Any, cast
 
 import torch
 from diffusers import PixArtTransformer2DModel
+from diffusers.models.normalization import AdaLayerNormSingle
 from torch import nn
 
-from paris.config import ExpertModelConfig, RouterModelConfig
-
-# (hidden size, depth, heads) — DiT-S/B/L/XL; tiny is ours.
-PRESETS: dict[str, tuple[int, int, int]] = {
-    "tiny": (128, 4, 4),
-    "S": (384, 12, 6),
-    "B": (768, 12, 12),
-    "L": (1024, 24, 16),
-    "XL": (1152, 28, 16),
-}
-
-
-def resolve_arch(cfg: ExpertModelConfig | RouterModelConfig) -> tuple[int, int, int]:
-    hidden, depth, heads = PRESETS[cfg.preset]
-    hidden, depth, heads = cfg.hidden_size or hidden, cfg.depth or depth, cfg.heads or heads
-    if hidden % heads:
-        raise ValueError(f"hidden size {hidden} is not divisible by {heads} heads")
-    return hidden, depth, heads
+from paris.config import ExpertModelConfig
+from paris.errors import ConfigError
 
 
 def expert_kwargs(cfg: ExpertModelConfig, latent: dict[str, Any], text_dim: int) -> dict[str, Any]:
-    hidden, depth, heads = resolve_arch(cfg)
+    hidden, depth, heads = cfg.arch()
     if latent["size"] % cfg.patch_size:
-        raise ValueError(f"latent size {latent['size']} is not divisible by patch size {cfg.patch_size}")
+        raise ConfigError(
+            f"expert.patch_size {cfg.patch_size} does not divide the latent size {latent['size']} of this dataset"
+        )
     return dict(
         sample_size=latent["size"],
         in_channels=latent["channels"],
@@ -52,28 +40,32 @@ def expert_kwargs(cfg: ExpertModelConfig, latent: dict[str, Any], text_dim: int)
     )
 
 
-def init_weights(model: nn.Module) -> None:
+def init_dit(
+    model: nn.Module, blocks: Iterable[nn.Module], adaln_single: AdaLayerNormSingle, out: nn.Linear | None
+) -> None:
     """PixArt/DiT initialization: xavier linears, zero output and cross-attention projections.
 
     diffusers leaves PyTorch's default init; zeroing the residual-branch outputs makes every
-    block start as the identity, which small models need to learn quickly.
+    block start as the identity, which small models need to learn quickly. Modules are named
+    directly (as DiT's initialize_weights does), so a rename in diffusers fails here loudly.
     """
     for m in model.modules():
         if isinstance(m, nn.Linear):
             nn.init.xavier_uniform_(m.weight)
             if m.bias is not None:
                 nn.init.zeros_(m.bias)
-    for name, m in model.named_modules():
-        if name.endswith("attn2.to_out.0") or name == "proj_out":
-            nn.init.zeros_(m.weight)
-            nn.init.zeros_(m.bias)
-        if "timestep_embedder" in name and isinstance(m, nn.Linear):
-            nn.init.normal_(m.weight, std=0.02)
+    embedder = cast(Any, adaln_single).emb.timestep_embedder
+    nn.init.normal_(embedder.linear_1.weight, std=0.02)
+    nn.init.normal_(embedder.linear_2.weight, std=0.02)
+    zero: list[nn.Linear] = [cast(Any, block).attn2.to_out[0] for block in blocks if block.attn2 is not None]
+    for m in [*zero, *([out] if out is not None else [])]:
+        nn.init.zeros_(m.weight)
+        nn.init.zeros_(m.bias)
 
 
 def build_expert(cfg: ExpertModelConfig, latent: dict[str, Any], text_dim: int) -> PixArtTransformer2DModel:
     model = PixArtTransformer2DModel(**expert_kwargs(cfg, latent, text_dim))
-    init_weights(model)
+    init_dit(model, model.transformer_blocks, model.adaln_single, model.proj_out)
     return model
 
 

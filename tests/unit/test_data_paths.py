@@ -116,3 +116,19 @@ def test_catch_all_cluster_warns_and_balance_caps_it(caplog: pytest.LogCaptureFi
     assert np.bincount(labels).max() == 90 and "catch-all" in caplog.text
     _, balanced = two_stage_kmeans(x, k=3, fine_k=20, pca_dim=4, seed=0, balance=True, max_fraction=0.5)
     assert np.bincount(balanced, minlength=3).max() <= 50
+
+
+def test_run_on_a_folder_samples_held_out_captions_by_default(folder: Path, tmp_path: Path) -> None:
+    # No sample.prompts: the grids use held-out captions instead of failing after training.
+    cfg = tiny_config(
+        f"file://{tmp_path}/store",
+        data={"name": "squares", "source": "folder", "path": str(folder), "image_size": 8, "limit": None,
+              "clusters": 2, "fine_clusters": 4},
+        sample={"routing": ["top1"]},
+    )
+    r = paris_cli("run", str(write_config(tmp_path / "c.yaml", cfg)), "--logs", str(tmp_path / "logs"))
+    assert r.returncode == 0, r.stderr
+    summary = json.loads((tmp_path / "store/models/tiny/summary.json").read_text())
+    prompts = summary["eval"]["prompts"]
+    assert prompts and set(prompts) <= {"a red square", "a green square", "a blue square"}
+    assert (tmp_path / "store/models/tiny/samples/top1.png").is_file()

@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 import torch
@@ -137,9 +137,9 @@ def test_separate_guidance_routing_routes_the_empty_caption_on_its_own() -> None
     for e in experts.values():
         torch.nn.init.normal_(e.proj_out.weight, std=0.5)
     router = build_router(RouterModelConfig(**small, condition_on_text=True), K, LATENT, 384)
-    torch.nn.init.normal_(router.head[-1].weight, std=2.0)
+    torch.nn.init.normal_(cast(Any, router.head[-1]).weight, std=2.0)
     for block in router.blocks:  # zero-initialized cross-attention would make the caption moot
-        torch.nn.init.normal_(block.attn2.to_out[0].weight, std=0.5)
+        torch.nn.init.normal_(cast(Any, block).attn2.to_out[0].weight, std=0.5)
     p = ParisPipeline(
         router=router, scheduler=FlowMatchEulerDiscreteScheduler(),
         text_encoder=AutoModel.from_pretrained(minilm_path(), local_files_only=True).eval(),
