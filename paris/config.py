@@ -235,6 +235,11 @@ class SampleConfig(_Model):
     steps: int = Field(20, ge=1, le=1000)
     guidance: float = Field(3.0, ge=0, le=50, description="Classifier-free guidance scale per expert")
     shift: float = Field(1.0, gt=0, description="FlowMatchEulerDiscreteScheduler shift")
+    guidance_routing: Literal["shared", "separate"] = Field(
+        "shared",
+        description="CFG's unconditional branch: weighted by the caption's routing (shared) or by the "
+        "router's output for the empty caption (separate); see paris/router/routing.py",
+    )
     routing: list[Routing] = Field(default_factory=lambda: ["top1", "top2", "full"])
     prompts: list[str] | None = Field(None, description="Default: one prompt per digit for digits")
     per_prompt: int = Field(8, ge=1, le=256)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -16,6 +17,8 @@ if (Path(__file__).parent / "servers" / "__init__.py").exists():
     pytest_plugins.append("tests.servers.fixtures")
 
 _TIERS = ("unit", "integration", "e2e")
+# Tests whose subject is the test servers themselves (tests/servers), not paris.
+_SERVER_TESTS = ("test_minio_server.py", "test_control_plane.py")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -24,3 +27,20 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         for tier in _TIERS:
             if tier in parts:
                 item.add_marker(getattr(pytest.mark, tier))
+        if parts[-1] in _SERVER_TESTS:
+            item.add_marker(pytest.mark.servers)
+
+
+def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
+    """paris's own tests and the tests of the test servers, counted apart (README figures)."""
+    counts = {"paris": [0, 0], "test servers": [0, 0]}
+    for outcome, col in (("passed", 0), ("failed", 1)):
+        for rep in terminalreporter.stats.get(outcome, []):
+            if getattr(rep, "when", "call") != "call" and outcome == "passed":
+                continue
+            key = "test servers" if Path(rep.nodeid.split("::")[0]).name in _SERVER_TESTS else "paris"
+            counts[key][col] += 1
+    terminalreporter.write_line(
+        "tests by subject: "
+        + "; ".join(f"{k}: {p} passed, {f} failed" for k, (p, f) in counts.items())
+    )

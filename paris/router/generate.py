@@ -42,6 +42,7 @@ def sample_prompts(
         generator=g,
         output_type="pt",
         shift=cfg.shift,
+        guidance_routing=cfg.guidance_routing,
     )
     assert isinstance(out.images, torch.Tensor)
     return Samples(out.images.cpu(), out.usage, out.expert_calls)

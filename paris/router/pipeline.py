@@ -28,7 +28,7 @@ from paris.router.routing import guided, mix, routing_weights
 from paris.trainer.loop import attention_backend
 from paris.trainer.model import expert_velocity
 
-GUIDANCE_ROUTING = ("shared", "separate")
+GUIDANCE_ROUTING = ("shared", "separate")  # SampleConfig.guidance_routing
 
 # What model_index.json may name: the classes paris puts into a pipeline, nothing else.
 ALLOWED_COMPONENTS = frozenset(
