@@ -22,7 +22,6 @@ from paris.config import (
     OperatorSettings,
     ParisExpertSpec,
     ParisRouterSpec,
-    StorageConfig,
     describe_errors,
 )
 
@@ -40,7 +39,6 @@ from .status import (
 )
 
 SETTINGS = OperatorSettings.from_env()
-GENERATION = f"{API_GROUP}/generation"
 EXPERTS = (API_GROUP, API_VERSION, "parisexperts")
 ROUTERS = (API_GROUP, API_VERSION, "parisrouters")
 log = logging.getLogger("paris.operator")
@@ -88,7 +86,7 @@ def _pod_problem(namespace: str, job_name: str) -> str | None:
 
 def reconcile_expert(body: Mapping[str, Any], patch: kopf.Patch) -> None:
     meta = body["metadata"]
-    ns, generation = meta["namespace"], int(meta.get("generation") or 1)
+    ns, generation = meta["namespace"], builders.generation(body)
     try:
         spec = ParisExpertSpec.model_validate(dict(body["spec"]))
     except ValidationError as err:
@@ -101,13 +99,12 @@ def reconcile_expert(body: Mapping[str, Any], patch: kopf.Patch) -> None:
         ns, builders.secret_name(st, SETTINGS), (st.access_key_key, st.secret_key_key)
     )
     desired = builders.build_expert_job(body, spec, SETTINGS)
-    desired["metadata"]["annotations"][GENERATION] = str(generation)
     name = desired["metadata"]["name"]
     job = kube.get("Job", ns, name)
     replaced = False
     if job is not None:
         ann = job["metadata"].get("annotations") or {}
-        outdated = int(ann.get(GENERATION, "0")) < generation
+        outdated = int(ann.get(builders.GENERATION, "0")) < generation
         if outdated and ann.get(builders.SPEC_HASH) != desired["metadata"]["annotations"][builders.SPEC_HASH]:
             # A Job's pod template is immutable: a new spec means a new Job (same name), whose
             # pod resumes from latest.json. Artifacts in the store are never touched.
@@ -125,14 +122,13 @@ def reconcile_expert(body: Mapping[str, Any], patch: kopf.Patch) -> None:
     if job is not None and phase == "Pending":
         pod_problem = _pod_problem(ns, name)
     if creds is not None:
-        endpoint = builders.s3_endpoint(st, SETTINGS) or ""
+        cfg = builders.storage_config(st, SETTINGS)
         try:
-            cfg = StorageConfig(uri=st.uri, endpoint=endpoint or None, secure=st.secure, region=st.region)
             progress, checkpoint = expert_progress(
                 cfg, creds[st.access_key_key], creds[st.secret_key_key], spec.model, spec.cluster
             )
         except Exception as err:  # the store being down must not stop the Job's status
-            storage_problem = f"cannot read progress from {endpoint or 'the store'}: {type(err).__name__}"
+            storage_problem = f"cannot read progress from {cfg.endpoint or 'the store'}: {type(err).__name__}"
     facts = ExpertFacts(
         generation=generation,
         job=job,
@@ -174,7 +170,7 @@ def _selected_experts(ns: str, spec: ParisRouterSpec) -> tuple[list[dict[str, An
 
 def reconcile_router(body: Mapping[str, Any], patch: kopf.Patch) -> None:
     meta = body["metadata"]
-    ns, generation = meta["namespace"], int(meta.get("generation") or 1)
+    ns, generation = meta["namespace"], builders.generation(body)
     try:
         spec = ParisRouterSpec.model_validate(dict(body["spec"]))
     except ValidationError as err:

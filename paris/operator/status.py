@@ -12,7 +12,7 @@ Conditions: `type`, `status` ("True"/"False"/"Unknown"), `reason` (CamelCase), `
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -76,7 +76,6 @@ class ExpertFacts:
 class Computed:
     status: dict[str, Any]
     transition: Transition | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def _job_condition(job: Mapping[str, Any], type_: str) -> Mapping[str, Any] | None:

@@ -9,6 +9,7 @@ from typing import Any
 
 import kopf
 import pytest
+import yaml
 
 from paris.operator import builders, handlers
 
@@ -119,7 +120,7 @@ def test_new_generation_replaces_the_job(kube: FakeKube) -> None:
     assert kube.deleted == ["Job/digits-expert-3-train"], "the old Job goes first"
     st = reconcile(handlers.reconcile_expert, body)
     job = kube.get("Job", "ns1", "digits-expert-3-train")
-    assert job is not None and job["metadata"]["annotations"][handlers.GENERATION] == "2"
+    assert job is not None and job["metadata"]["annotations"][builders.GENERATION] == "2"
     assert "steps: 60" in job["spec"]["template"]["spec"]["containers"][0]["env"][0]["value"]
     assert st["observedGeneration"] == 2 and st["totalSteps"] == 60
     reconcile(handlers.reconcile_expert, body)
@@ -177,3 +178,32 @@ def test_router_waits_trains_then_serves(kube: FakeKube) -> None:
     assert f"Job/{job_name}" in kube.deleted
     pipeline = kube.objects[("Deployment", "ns1", "digits-serve")]["spec"]["template"]["metadata"]["annotations"]
     assert pipeline[f"{builders.API_GROUP}/pipeline"] == new
+
+
+def test_progress_is_read_with_the_storage_config_the_builders_make(
+    kube: FakeKube, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One StorageConfig per resource: the one builders.storage_config makes for the pod's
+    PARIS_CONFIG is the one the operator reads progress.json with."""
+    made: list[Any] = []
+    real = builders.storage_config
+
+    def spy(*args: Any) -> Any:
+        made.append(real(*args))
+        return made[-1]
+
+    read: list[Any] = []
+
+    def progress(cfg: Any, *args: Any) -> tuple[None, None]:
+        read.append(cfg)
+        return None, None
+
+    monkeypatch.setattr(builders, "storage_config", spy)
+    monkeypatch.setattr(handlers, "expert_progress", progress)
+    kube.secrets[("ns1", "paris-s3")] = {"AWS_ACCESS_KEY_ID": "a", "AWS_SECRET_ACCESS_KEY": "s"}
+    reconcile(handlers.reconcile_expert, expert_body())
+    assert read and any(cfg is m for cfg in read for m in made)
+    job = kube.get("Job", "ns1", "digits-expert-3-train")
+    assert job is not None
+    pod_cfg = yaml.safe_load(job["spec"]["template"]["spec"]["containers"][0]["env"][0]["value"])
+    assert read[0].model_dump(mode="json") == pod_cfg["storage"]
