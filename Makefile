@@ -29,10 +29,8 @@ check-crds: ## Fail if the generated CRDs are stale
 	$(PYTHON) -m paris.operator.crds --check
 
 .PHONY: lint
-lint: check-crds ## ruff, mypy, helm lint
-	ruff check paris tests
-	mypy paris
-	helm lint charts/paris --kube-version 1.34.0
+lint: ## ruff, mypy, CRD drift, helm lint: scripts/lint, the same as CI
+	scripts/lint
 
 .PHONY: test-unit
 test-unit: ## Unit tier (no servers)
