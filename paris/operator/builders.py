@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -17,6 +18,8 @@ import yaml
 
 from paris.config import (
     API_GROUP,
+    KUEUE_QUEUE_LABEL,
+    BatchJobOptions,
     OperatorSettings,
     ParisExpertSpec,
     ParisRouterSpec,
@@ -223,6 +226,45 @@ def pod_spec(
     }
 
 
+# ---- Jobs: queueing and cleanup ---------------------------------------------------------------
+
+
+def ttl_seconds(opts: BatchJobOptions, settings: OperatorSettings) -> int | None:
+    """The Job's ttlSecondsAfterFinished: the resource's, else the operator's default; never
+    less than three status polls, so the operator sees the finished Job and records its
+    outcome in the status before the TTL controller deletes it."""
+    ttl = opts.ttl_seconds_after_finished
+    if ttl is None:
+        ttl = settings.ttl_seconds_after_finished
+    return None if ttl is None else max(ttl, math.ceil(3 * settings.poll_seconds))
+
+
+def batch_job(
+    body: Body,
+    opts: BatchJobOptions,
+    settings: OperatorSettings,
+    name: str,
+    lbls: dict[str, str],
+    job_spec: dict[str, Any],
+    spec_hash: str | None = None,
+) -> dict[str, Any]:
+    """A batch/v1 Job owned by `body`, queued in Kueue and cleaned up as the resource asks.
+
+    With a queue, the Job carries Kueue's queue label and starts suspended: Kueue admits it by
+    unsuspending it. The spec hash (default: of `job_spec`) leaves out `suspend` (Kueue flips
+    it) and the TTL (a new cleanup time must not restart a training)."""
+    annotations = {SPEC_HASH: spec_hash or digest(job_spec), GENERATION: str(generation(body))}
+    job_spec = dict(job_spec)
+    job_lbls = dict(lbls)
+    ttl = ttl_seconds(opts, settings)
+    if ttl is not None:
+        job_spec["ttlSecondsAfterFinished"] = ttl
+    if opts.queue_name:
+        job_lbls[KUEUE_QUEUE_LABEL] = opts.queue_name
+        job_spec["suspend"] = True
+    return child(body, "batch/v1", "Job", name, job_lbls, job_spec, annotations)
+
+
 # ---- ParisExpert -> Job -------------------------------------------------------------------
 
 
@@ -254,8 +296,7 @@ def build_expert_job(body: Body, spec: ParisExpertSpec, settings: OperatorSettin
     }
     if spec.active_deadline_seconds:
         job_spec["activeDeadlineSeconds"] = spec.active_deadline_seconds
-    annotations = {SPEC_HASH: digest(job_spec), GENERATION: str(generation(body))}
-    return child(body, "batch/v1", "Job", expert_job_name(body["metadata"]["name"]), lbls, job_spec, annotations)
+    return batch_job(body, spec, settings, expert_job_name(body["metadata"]["name"]), lbls, job_spec)
 
 
 # ---- ParisRouter -> Job, Deployment, Service ----------------------------------------------------
@@ -293,9 +334,7 @@ def build_router_job(body: Body, spec: ParisRouterSpec, settings: OperatorSettin
         "backoffLimit": spec.backoff_limit,
         "template": {"metadata": {"labels": lbls}, "spec": pod_spec(spec, settings, container, "Never")},
     }
-    annotations = {SPEC_HASH: h, GENERATION: str(generation(body))}
-    name = router_job_name(body["metadata"]["name"], h)
-    return child(body, "batch/v1", "Job", name, lbls, job_spec, annotations)
+    return batch_job(body, spec, settings, router_job_name(body["metadata"]["name"], h), lbls, job_spec, h)
 
 
 def build_serve_deployment(

@@ -122,6 +122,7 @@ EXPERT_COLUMNS = [
     _column("Loss", ".status.loss", "number"),
     _column("Device", ".status.device", priority=1),
     _column("Checkpoint", ".status.checkpoint", priority=1),
+    _column("Queue", ".spec.queueName", priority=1, description="Kueue LocalQueue"),
     _column("Age", ".metadata.creationTimestamp", "date"),
 ]
 
@@ -130,6 +131,7 @@ ROUTER_COLUMNS = [
     _column("Experts", ".status.expertsReady", description="Succeeded/selected experts"),
     _column("Phase", ".status.phase"),
     _column("Routing", ".spec.inference.routing", priority=1),
+    _column("Queue", ".spec.queueName", priority=1, description="Kueue LocalQueue"),
     _column("Endpoint", ".status.endpoint"),
     _column("Age", ".metadata.creationTimestamp", "date"),
 ]

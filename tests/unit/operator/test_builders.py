@@ -8,7 +8,7 @@ from typing import Any
 
 import yaml
 
-from paris.config import OperatorSettings, ParisExpertSpec, ParisRouterSpec, parse_config
+from paris.config import KUEUE_QUEUE_LABEL, OperatorSettings, ParisExpertSpec, ParisRouterSpec, parse_config
 from paris.operator import builders
 
 from .conftest import expert_body, router_body
@@ -248,3 +248,31 @@ def test_children_are_adopted_with_the_resources_own_labels_under_ours(settings:
     job = children[0][1]
     assert job["metadata"]["labels"]["app.kubernetes.io/component"] == "expert"
     assert "team" not in job["spec"]["template"]["metadata"]["labels"], "pod labels stay the operator's"
+
+
+def test_a_queued_resource_gets_suspended_jobs_with_the_kueue_label(settings: OperatorSettings) -> None:
+    plain = _expert_job(settings)
+    assert KUEUE_QUEUE_LABEL not in plain["metadata"]["labels"] and "suspend" not in plain["spec"]
+    queued = _expert_job(settings, queueName="team-a")
+    assert queued["metadata"]["labels"][KUEUE_QUEUE_LABEL] == "team-a"
+    assert queued["spec"]["suspend"] is True
+    rb = router_body(queueName="team-b")
+    rjob = builders.build_router_job(rb, ParisRouterSpec.model_validate(rb["spec"]), settings)
+    assert rjob["metadata"]["labels"][KUEUE_QUEUE_LABEL] == "team-b" and rjob["spec"]["suspend"] is True
+    # Queueing is not training: the same spec hash, so a running Job is never replaced for it.
+    assert queued["metadata"]["annotations"][builders.SPEC_HASH] == plain["metadata"]["annotations"][builders.SPEC_HASH]
+
+
+def test_finished_jobs_get_the_resources_ttl_else_the_operators(settings: OperatorSettings) -> None:
+    assert "ttlSecondsAfterFinished" not in _expert_job(settings)["spec"], "no TTL anywhere keeps Jobs"
+    with_default = settings.model_copy(update={"ttl_seconds_after_finished": 3600})
+    assert _expert_job(with_default)["spec"]["ttlSecondsAfterFinished"] == 3600
+    own = _expert_job(with_default, ttlSecondsAfterFinished=600)
+    assert own["spec"]["ttlSecondsAfterFinished"] == 600
+    # Never sooner than three status polls: the operator records the outcome before the Job goes.
+    assert _expert_job(with_default, ttlSecondsAfterFinished=0)["spec"]["ttlSecondsAfterFinished"] == 30
+    rb = router_body(ttlSecondsAfterFinished=120)
+    rjob = builders.build_router_job(rb, ParisRouterSpec.model_validate(rb["spec"]), settings)
+    assert rjob["spec"]["ttlSecondsAfterFinished"] == 120
+    hashes = {j["metadata"]["annotations"][builders.SPEC_HASH] for j in (own, _expert_job(settings))}
+    assert len(hashes) == 1, "a new cleanup time must not restart a training"

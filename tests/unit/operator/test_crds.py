@@ -118,3 +118,15 @@ def test_one_command_writes_and_checks_both_crd_folders(tmp_path: Path, monkeypa
 
 def test_the_generator_targets_both_folders_of_the_repository() -> None:
     assert {d.relative_to(crds.REPO).as_posix() for d in crds.OUTPUT_DIRS} == {"crds", "charts/paris/crds"}
+
+
+def test_every_job_running_resource_takes_the_queue_and_ttl_fields_from_one_mixin() -> None:
+    from paris.config import BatchJobOptions, ParisExpertSpec, ParisRouterSpec
+
+    for model, name in ((ParisExpertSpec, "parisexperts"), (ParisRouterSpec, "parisrouters")):
+        assert issubclass(model, BatchJobOptions)
+        props = load(name)["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"]
+        assert props["queueName"]["maxLength"] == 63 and "pattern" in props["queueName"]
+        assert props["ttlSecondsAfterFinished"]["minimum"] == 0
+        cols = {c["name"]: c for c in load(name)["spec"]["versions"][0]["additionalPrinterColumns"]}
+        assert cols["Queue"]["jsonPath"] == ".spec.queueName"
