@@ -29,10 +29,8 @@ check-crds: ## Fail if the generated CRDs are stale
 	$(PYTHON) -m paris.operator.crds --check
 
 .PHONY: lint
-lint: check-crds ## ruff, mypy, helm lint
-	ruff check paris tests
-	mypy paris
-	helm lint charts/paris --kube-version 1.34.0
+lint: ## ruff, mypy, CRD drift, helm lint: scripts/lint, the same as CI
+	scripts/lint
 
 .PHONY: test-unit
 test-unit: ## Unit tier (no servers)
@@ -50,36 +48,35 @@ images: ## Build the trainer and operator images
 	docker build -f images/operator/Dockerfile -t $(OPERATOR_IMAGE) .
 
 .PHONY: kind-up
-kind-up: ## Create the kind cluster: three pools, fake GPUs, MinIO
+kind-up: ## Create the kind cluster: three pools, fake GPUs
 	kind create cluster --config examples/k8s/kind.yaml --name $(CLUSTER)
 	for n in $(GPU_NODES); do \
 	  kubectl taint node $$n nvidia.com/gpu=present:NoSchedule --overwrite; \
 	  kubectl patch node $$n --subresource=status --type=json \
 	    -p '[{"op":"add","path":"/status/capacity/nvidia.com~1gpu","value":"4"}]'; \
 	done
-	kubectl apply -f examples/k8s/minio.yaml
-	kubectl -n minio rollout status deploy/minio --timeout=180s
 
 .PHONY: kind-load
 kind-load: images ## Load the images into the kind nodes
 	kind load docker-image --name $(CLUSTER) $(TRAINER_IMAGE) $(OPERATOR_IMAGE)
 
 .PHONY: deploy
-deploy: ## helm install the operator (CRDs included)
+deploy: ## helm install the operator and its MinIO store (CRDs included)
 	helm upgrade --install paris charts/paris --namespace $(NAMESPACE) --create-namespace \
 	  --set image.repository=$(firstword $(subst :, ,$(OPERATOR_IMAGE))) --set image.tag=$(VERSION) \
 	  --set trainerImage.repository=$(firstword $(subst :, ,$(TRAINER_IMAGE))) --set trainerImage.tag=$(VERSION) \
-	  --set storage.endpoint=minio.minio.svc.cluster.local:9000 --wait
+	  --set minio.enabled=true --set "storage.secretNamespaces={$(DEMO_NAMESPACE)}" --wait
 
 .PHONY: dataset
-dataset: ## Prepare the digits dataset into the kind MinIO (through a port-forward)
-	kubectl -n minio port-forward svc/minio 9000:9000 >/dev/null & pf=$$!; trap "kill $$pf" EXIT; sleep 3; \
-	  PARIS_S3_ENDPOINT=127.0.0.1:9000 AWS_ACCESS_KEY_ID=minio-access-key AWS_SECRET_ACCESS_KEY=minio-secret-key \
-	  paris data prepare examples/k8s/dataset.yaml
+dataset: ## Prepare the digits dataset into the chart's MinIO (through a port-forward)
+	key() { kubectl -n $(NAMESPACE) get secret paris-s3 -o jsonpath="{.data.$$1}" | base64 -d; }; \
+	  kubectl -n $(NAMESPACE) port-forward svc/paris-minio 9000:9000 >/dev/null & pf=$$!; trap "kill $$pf" EXIT; sleep 3; \
+	  PARIS_S3_ENDPOINT=127.0.0.1:9000 AWS_ACCESS_KEY_ID="$$(key AWS_ACCESS_KEY_ID)" \
+	  AWS_SECRET_ACCESS_KEY="$$(key AWS_SECRET_ACCESS_KEY)" paris data prepare examples/k8s/dataset.yaml
 
 .PHONY: demo
-demo: ## Apply the Secret, the 8 experts and the router; watch them
-	kubectl -n $(DEMO_NAMESPACE) apply -f examples/k8s/secret.yaml -f examples/k8s/experts.yaml -f examples/k8s/router.yaml
+demo: ## Apply the 8 experts and the router; watch them
+	kubectl -n $(DEMO_NAMESPACE) apply -f examples/k8s/experts.yaml -f examples/k8s/router.yaml
 	kubectl -n $(DEMO_NAMESPACE) get paris
 
 .PHONY: kind-all

@@ -381,6 +381,36 @@ class PodPlacement(_Model):
     affinity: dict[str, Any] | None = Field(None, description="A core/v1 Affinity, passed through")
 
 
+KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
+
+
+class BatchJobOptions(_Model):
+    """How a resource's batch Jobs are queued and cleaned up. A mixin: every resource that runs
+    Jobs (ParisExpert, ParisRouter, and any later one) takes these fields by inheriting it."""
+
+    queue_name: str | None = Field(
+        None,
+        alias="queueName",
+        max_length=63,
+        pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$",
+        description=(
+            "Kueue LocalQueue in the resource's namespace: its Jobs get the label "
+            f"{KUEUE_QUEUE_LABEL} and are created suspended until Kueue admits them"
+        ),
+    )
+    ttl_seconds_after_finished: int | None = Field(
+        None,
+        alias="ttlSecondsAfterFinished",
+        ge=0,
+        le=31_536_000,
+        description=(
+            "Delete a finished Job and its pods this many seconds after it ended (the status keeps "
+            "the outcome, loss, checkpoint and times); default: the operator's ttlSecondsAfterFinished. "
+            "The operator waits at least three status polls, so it records the outcome first"
+        ),
+    )
+
+
 class S3Storage(_Model):
     """The object store of every artifact; credentials come from a Secret, never the spec."""
 
@@ -400,7 +430,7 @@ class S3Storage(_Model):
     secret_key_key: str = Field("AWS_SECRET_ACCESS_KEY", alias="secretKeyKey", description="Key of the secret key")
 
 
-class ParisExpertSpec(PodPlacement):
+class ParisExpertSpec(BatchJobOptions, PodPlacement):
     """One expert: a DiT trained on one cluster's shards, in one Job, sharing nothing."""
 
     model: str = Field(pattern=_NAME, description="Model name in the store (models/<model>/)")
@@ -459,7 +489,7 @@ class InferenceSpec(PodPlacement):
     service_type: Literal["ClusterIP", "NodePort", "LoadBalancer"] = Field("ClusterIP", alias="serviceType")
 
 
-class ParisRouterSpec(PodPlacement):
+class ParisRouterSpec(BatchJobOptions, PodPlacement):
     """The router: trained once its experts succeeded, then served with them."""
 
     model: str = Field(pattern=_NAME, description="Model name in the store (models/<model>/)")
@@ -493,6 +523,12 @@ class OperatorSettings(_Model):
     pool_label: str = Field("pool", alias="poolLabel", description="Node label that names a pool")
     pools: dict[str, PoolDefaults] = Field(default_factory=dict)
     poll_seconds: float = Field(10.0, alias="pollSeconds", ge=0.5, le=3600, description="Progress poll period")
+    ttl_seconds_after_finished: int | None = Field(
+        None,
+        alias="ttlSecondsAfterFinished",
+        ge=0,
+        description="Default spec.ttlSecondsAfterFinished of every resource; None keeps finished Jobs",
+    )
 
     @classmethod
     def from_env(cls) -> OperatorSettings:

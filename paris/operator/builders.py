@@ -9,14 +9,17 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from collections.abc import Mapping
 from typing import Any
 
+import kopf
 import yaml
 
 from paris.config import (
     API_GROUP,
-    API_VERSION,
+    KUEUE_QUEUE_LABEL,
+    BatchJobOptions,
     OperatorSettings,
     ParisExpertSpec,
     ParisRouterSpec,
@@ -29,6 +32,7 @@ from paris.config import (
 
 MANAGED_BY = "paris-operator"
 SPEC_HASH = f"{API_GROUP}/spec-hash"
+GENERATION = f"{API_GROUP}/generation"  # the resource generation a Job was built for
 TRAINER_UID = 10001  # the non-root user of images/trainer/Dockerfile
 
 # Env names a torch.distributed launcher would read. A Paris trainer must never see them: the
@@ -71,16 +75,9 @@ def digest(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def owner_reference(body: Body) -> dict[str, Any]:
-    """The parent as controller owner: deleting it garbage-collects the child."""
-    return {
-        "apiVersion": f"{API_GROUP}/{API_VERSION}",
-        "kind": body["kind"],
-        "name": body["metadata"]["name"],
-        "uid": body["metadata"]["uid"],
-        "controller": True,
-        "blockOwnerDeletion": True,
-    }
+def generation(body: Body) -> int:
+    """The resource's metadata.generation (1 before the API server has set one)."""
+    return int(body["metadata"].get("generation") or 1)
 
 
 def labels(body: Body, component: str, model: str, **extra: str) -> dict[str, str]:
@@ -96,14 +93,31 @@ def labels(body: Body, component: str, model: str, **extra: str) -> dict[str, st
     }
 
 
-def metadata(body: Body, name: str, lbls: dict[str, str], annotations: dict[str, str] | None = None) -> dict:
-    return {
-        "name": name,
-        "namespace": body["metadata"]["namespace"],
-        "labels": lbls,
-        "annotations": annotations or {},
-        "ownerReferences": [owner_reference(body)],
+def serve_selector(body: Body) -> dict[str, str]:
+    """The serving pods of one router: the Deployment's selector and the Service's."""
+    return {"app.kubernetes.io/instance": body["metadata"]["name"], "app.kubernetes.io/component": "serve"}
+
+
+def child(
+    body: Body,
+    api_version: str,
+    kind: str,
+    name: str,
+    lbls: dict[str, str],
+    spec: dict[str, Any],
+    annotations: dict[str, str] | None = None,
+) -> dict[str, Any]:
+    """A child object owned by `body`. kopf.adopt() adds the controller owner reference
+    (deleting the resource garbage-collects the child), the resource's namespace and its
+    labels under ours; it only edits the dict it is given, so builders stay pure."""
+    obj: dict[str, Any] = {
+        "apiVersion": api_version,
+        "kind": kind,
+        "metadata": {"name": name, "labels": dict(lbls), "annotations": dict(annotations or {})},
+        "spec": spec,
     }
+    kopf.adopt(obj, owner=dict(body))
+    return obj
 
 
 # ---- pods ------------------------------------------------------------------------------------
@@ -174,6 +188,19 @@ def config_yaml(cfg: RunConfig) -> str:
     return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=True)
 
 
+def pod_env(
+    cfg: RunConfig, storage: S3Storage, settings: OperatorSettings, **extra: str
+) -> list[dict[str, Any]]:
+    """Every paris pod's environment: its config, the store (credentials by reference only),
+    unbuffered output for `kubectl logs`, and the container's own `extra` variables."""
+    return [
+        {"name": "PARIS_CONFIG", "value": config_yaml(cfg)},
+        *storage_env(storage, settings),
+        *({"name": k, "value": v} for k, v in extra.items()),
+        {"name": "PYTHONUNBUFFERED", "value": "1"},
+    ]
+
+
 def pod_spec(
     spec: PodPlacement,
     settings: OperatorSettings,
@@ -199,6 +226,45 @@ def pod_spec(
     }
 
 
+# ---- Jobs: queueing and cleanup ---------------------------------------------------------------
+
+
+def ttl_seconds(opts: BatchJobOptions, settings: OperatorSettings) -> int | None:
+    """The Job's ttlSecondsAfterFinished: the resource's, else the operator's default; never
+    less than three status polls, so the operator sees the finished Job and records its
+    outcome in the status before the TTL controller deletes it."""
+    ttl = opts.ttl_seconds_after_finished
+    if ttl is None:
+        ttl = settings.ttl_seconds_after_finished
+    return None if ttl is None else max(ttl, math.ceil(3 * settings.poll_seconds))
+
+
+def batch_job(
+    body: Body,
+    opts: BatchJobOptions,
+    settings: OperatorSettings,
+    name: str,
+    lbls: dict[str, str],
+    job_spec: dict[str, Any],
+    spec_hash: str | None = None,
+) -> dict[str, Any]:
+    """A batch/v1 Job owned by `body`, queued in Kueue and cleaned up as the resource asks.
+
+    With a queue, the Job carries Kueue's queue label and starts suspended: Kueue admits it by
+    unsuspending it. The spec hash (default: of `job_spec`) leaves out `suspend` (Kueue flips
+    it) and the TTL (a new cleanup time must not restart a training)."""
+    annotations = {SPEC_HASH: spec_hash or digest(job_spec), GENERATION: str(generation(body))}
+    job_spec = dict(job_spec)
+    job_lbls = dict(lbls)
+    ttl = ttl_seconds(opts, settings)
+    if ttl is not None:
+        job_spec["ttlSecondsAfterFinished"] = ttl
+    if opts.queue_name:
+        job_lbls[KUEUE_QUEUE_LABEL] = opts.queue_name
+        job_spec["suspend"] = True
+    return child(body, "batch/v1", "Job", name, job_lbls, job_spec, annotations)
+
+
 # ---- ParisExpert -> Job -------------------------------------------------------------------
 
 
@@ -215,17 +281,11 @@ def expert_run_config(spec: ParisExpertSpec, settings: OperatorSettings) -> RunC
 def build_expert_job(body: Body, spec: ParisExpertSpec, settings: OperatorSettings) -> dict[str, Any]:
     """One batch/v1 Job running `paris train expert --cluster K`; the Job's retries are the
     fault tolerance (each new pod resumes from latest.json)."""
-    name = body["metadata"]["name"]
     lbls = labels(body, "expert", spec.model, cluster=str(spec.cluster))
-    env = [
-        {"name": "PARIS_CONFIG", "value": config_yaml(expert_run_config(spec, settings))},
-        *storage_env(spec.storage, settings),
-        {"name": "PYTHONUNBUFFERED", "value": "1"},
-    ]
     container = {
         "name": "trainer",
         "command": ["paris", "train", "expert", "--cluster", str(spec.cluster)],
-        "env": env,
+        "env": pod_env(expert_run_config(spec, settings), spec.storage, settings),
     }
     job_spec: dict[str, Any] = {
         "backoffLimit": spec.backoff_limit,
@@ -236,13 +296,7 @@ def build_expert_job(body: Body, spec: ParisExpertSpec, settings: OperatorSettin
     }
     if spec.active_deadline_seconds:
         job_spec["activeDeadlineSeconds"] = spec.active_deadline_seconds
-    job: dict[str, Any] = {
-        "apiVersion": "batch/v1",
-        "kind": "Job",
-        "metadata": metadata(body, expert_job_name(name), lbls),
-        "spec": job_spec,
-    }
-    return {**job, "metadata": {**job["metadata"], "annotations": {SPEC_HASH: digest(job_spec)}}}
+    return batch_job(body, spec, settings, expert_job_name(body["metadata"]["name"]), lbls, job_spec)
 
 
 # ---- ParisRouter -> Job, Deployment, Service ----------------------------------------------------
@@ -274,22 +328,13 @@ def build_router_job(body: Body, spec: ParisRouterSpec, settings: OperatorSettin
     container = {
         "name": "trainer",
         "command": ["paris", "train", "router"],
-        "env": [
-            {"name": "PARIS_CONFIG", "value": config_yaml(router_run_config(spec, settings))},
-            *storage_env(spec.storage, settings),
-            {"name": "PYTHONUNBUFFERED", "value": "1"},
-        ],
+        "env": pod_env(router_run_config(spec, settings), spec.storage, settings),
     }
     job_spec = {
         "backoffLimit": spec.backoff_limit,
         "template": {"metadata": {"labels": lbls}, "spec": pod_spec(spec, settings, container, "Never")},
     }
-    return {
-        "apiVersion": "batch/v1",
-        "kind": "Job",
-        "metadata": metadata(body, router_job_name(body["metadata"]["name"], h), lbls, {SPEC_HASH: h}),
-        "spec": job_spec,
-    }
+    return batch_job(body, spec, settings, router_job_name(body["metadata"]["name"], h), lbls, job_spec, h)
 
 
 def build_serve_deployment(
@@ -298,18 +343,11 @@ def build_serve_deployment(
     """`paris serve` behind a readiness probe on /readyz (true once the weights loaded).
     `pipeline` names the training that produced the weights: a new one rolls the pods."""
     inf = spec.inference
-    name = serve_name(body["metadata"]["name"])
-    selector = {"app.kubernetes.io/instance": body["metadata"]["name"], "app.kubernetes.io/component": "serve"}
     lbls = labels(body, "serve", spec.model)
     container = {
         "name": "serve",
         "command": ["paris", "serve"],
-        "env": [
-            {"name": "PARIS_CONFIG", "value": config_yaml(router_run_config(spec, settings))},
-            *storage_env(spec.storage, settings),
-            {"name": "PORT", "value": str(inf.port)},
-            {"name": "PYTHONUNBUFFERED", "value": "1"},
-        ],
+        "env": pod_env(router_run_config(spec, settings), spec.storage, settings, PORT=str(inf.port)),
         "ports": [{"name": "http", "containerPort": inf.port, "protocol": "TCP"}],
         "readinessProbe": {"httpGet": {"path": "/readyz", "port": "http"}, "periodSeconds": 5, "failureThreshold": 3},
         "livenessProbe": {
@@ -325,31 +363,22 @@ def build_serve_deployment(
     }
     deploy_spec = {
         "replicas": inf.replicas,
-        "selector": {"matchLabels": selector},
+        "selector": {"matchLabels": serve_selector(body)},
         "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}},
         "template": template,
     }
-    return {
-        "apiVersion": "apps/v1",
-        "kind": "Deployment",
-        "metadata": metadata(body, name, lbls, {SPEC_HASH: digest(deploy_spec)}),
-        "spec": deploy_spec,
-    }
+    annotations = {SPEC_HASH: digest(deploy_spec), GENERATION: str(generation(body))}
+    return child(body, "apps/v1", "Deployment", serve_name(body["metadata"]["name"]), lbls, deploy_spec, annotations)
 
 
 def build_serve_service(body: Body, spec: ParisRouterSpec) -> dict[str, Any]:
-    inf = spec.inference
-    selector = {"app.kubernetes.io/instance": body["metadata"]["name"], "app.kubernetes.io/component": "serve"}
-    return {
-        "apiVersion": "v1",
-        "kind": "Service",
-        "metadata": metadata(body, serve_name(body["metadata"]["name"]), labels(body, "serve", spec.model)),
-        "spec": {
-            "type": inf.service_type,
-            "selector": selector,
-            "ports": [{"name": "http", "port": 80, "targetPort": "http", "protocol": "TCP"}],
-        },
+    service_spec = {
+        "type": spec.inference.service_type,
+        "selector": serve_selector(body),
+        "ports": [{"name": "http", "port": 80, "targetPort": "http", "protocol": "TCP"}],
     }
+    lbls = labels(body, "serve", spec.model)
+    return child(body, "v1", "Service", serve_name(body["metadata"]["name"]), lbls, service_spec)
 
 
 def endpoint_url(service: Mapping[str, Any]) -> str:

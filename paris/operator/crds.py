@@ -122,6 +122,7 @@ EXPERT_COLUMNS = [
     _column("Loss", ".status.loss", "number"),
     _column("Device", ".status.device", priority=1),
     _column("Checkpoint", ".status.checkpoint", priority=1),
+    _column("Queue", ".spec.queueName", priority=1, description="Kueue LocalQueue"),
     _column("Age", ".metadata.creationTimestamp", "date"),
 ]
 
@@ -130,6 +131,7 @@ ROUTER_COLUMNS = [
     _column("Experts", ".status.expertsReady", description="Succeeded/selected experts"),
     _column("Phase", ".status.phase"),
     _column("Routing", ".spec.inference.routing", priority=1),
+    _column("Queue", ".spec.queueName", priority=1, description="Kueue LocalQueue"),
     _column("Endpoint", ".status.endpoint"),
     _column("Age", ".metadata.creationTimestamp", "date"),
 ]
@@ -206,12 +208,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--check", action="store_true", help="Exit 1 if the files on disk differ")
     args = parser.parse_args(argv)
     stale = []
+    docs = generate()
     for d in OUTPUT_DIRS:
-        for name, text in generate().items():
-            path = d / name
+        # Both folders hold generated CRDs only: a file no model generates any more is stale too.
+        leftovers = sorted(p for p in d.glob("*.yaml") if p.name not in docs) if d.is_dir() else []
+        for path in [*(d / name for name in docs), *leftovers]:
+            text = docs.get(path.name)
             if args.check:
-                if not path.is_file() or path.read_text() != text:
+                if text is None or not path.is_file() or path.read_text() != text:
                     stale.append(str(path.relative_to(REPO) if path.is_relative_to(REPO) else path))
+            elif text is None:
+                path.unlink()
             else:
                 path.parent.mkdir(parents=True, exist_ok=True)
                 path.write_text(text)

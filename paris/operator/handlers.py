@@ -22,13 +22,13 @@ from paris.config import (
     OperatorSettings,
     ParisExpertSpec,
     ParisRouterSpec,
-    StorageConfig,
     describe_errors,
 )
 
 from . import builders, kube
 from .progress import expert_progress
 from .status import (
+    PENDING,
     SUCCEEDED,
     Computed,
     ExpertFacts,
@@ -36,11 +36,12 @@ from .status import (
     changed,
     expert_status,
     job_outcome,
+    recorded_finish,
     router_status,
+    trained_record,
 )
 
 SETTINGS = OperatorSettings.from_env()
-GENERATION = f"{API_GROUP}/generation"
 EXPERTS = (API_GROUP, API_VERSION, "parisexperts")
 ROUTERS = (API_GROUP, API_VERSION, "parisrouters")
 log = logging.getLogger("paris.operator")
@@ -88,7 +89,7 @@ def _pod_problem(namespace: str, job_name: str) -> str | None:
 
 def reconcile_expert(body: Mapping[str, Any], patch: kopf.Patch) -> None:
     meta = body["metadata"]
-    ns, generation = meta["namespace"], int(meta.get("generation") or 1)
+    ns, generation = meta["namespace"], builders.generation(body)
     try:
         spec = ParisExpertSpec.model_validate(dict(body["spec"]))
     except ValidationError as err:
@@ -101,38 +102,43 @@ def reconcile_expert(body: Mapping[str, Any], patch: kopf.Patch) -> None:
         ns, builders.secret_name(st, SETTINGS), (st.access_key_key, st.secret_key_key)
     )
     desired = builders.build_expert_job(body, spec, SETTINGS)
-    desired["metadata"]["annotations"][GENERATION] = str(generation)
-    name = desired["metadata"]["name"]
+    name, want = desired["metadata"]["name"], desired["metadata"]["annotations"][builders.SPEC_HASH]
     job = kube.get("Job", ns, name)
     replaced = False
     if job is not None:
         ann = job["metadata"].get("annotations") or {}
-        outdated = int(ann.get(GENERATION, "0")) < generation
-        if outdated and ann.get(builders.SPEC_HASH) != desired["metadata"]["annotations"][builders.SPEC_HASH]:
+        outdated = int(ann.get(builders.GENERATION, "0")) < generation
+        if outdated and ann.get(builders.SPEC_HASH) != want:
             # A Job's pod template is immutable: a new spec means a new Job (same name), whose
             # pod resumes from latest.json. Artifacts in the store are never touched.
             log.info("expert %s/%s: spec generation %d, replacing Job %s", ns, meta["name"], generation, name)
             kube.delete("Job", ns, name)
             kopf.event(body, type="Normal", reason="SpecChanged", message=f"replacing Job {name}")
             job, replaced = None, True
-    if job is None and secret_problem is None and not replaced:  # a replaced Job is recreated next round
-        job, created = kube.create_or_get(desired)
-        if created:
-            kopf.event(body, type="Normal", reason="JobCreated", message=f"created Job {name}")
 
     progress = checkpoint = storage_problem = pod_problem = None
-    phase = job_outcome(job)[0]
-    if job is not None and phase == "Pending":
-        pod_problem = _pod_problem(ns, name)
     if creds is not None:
-        endpoint = builders.s3_endpoint(st, SETTINGS) or ""
+        cfg = builders.storage_config(st, SETTINGS)
         try:
-            cfg = StorageConfig(uri=st.uri, endpoint=endpoint or None, secure=st.secure, region=st.region)
             progress, checkpoint = expert_progress(
                 cfg, creds[st.access_key_key], creds[st.secret_key_key], spec.model, spec.cluster
             )
         except Exception as err:  # the store being down must not stop the Job's status
-            storage_problem = f"cannot read progress from {endpoint or 'the store'}: {type(err).__name__}"
+            storage_problem = f"cannot read progress from {cfg.endpoint or 'the store'}: {type(err).__name__}"
+
+    # No Job, but this spec's Job finished (and was cleaned up, e.g. by its TTL): nothing to run.
+    finished = None
+    if job is None and not replaced:
+        finished = recorded_finish(body.get("status"), name, want) or trained_record(
+            name, want, progress, spec.train.steps
+        )
+    if job is None and finished is None and secret_problem is None and not replaced:
+        # (a replaced Job is recreated next round, once the old one is gone)
+        job, created = kube.create_or_get(desired)
+        if created:
+            kopf.event(body, type="Normal", reason="JobCreated", message=f"created Job {name}")
+    if job is not None and job_outcome(job)[0] == PENDING:
+        pod_problem = _pod_problem(ns, name)
     facts = ExpertFacts(
         generation=generation,
         job=job,
@@ -142,6 +148,7 @@ def reconcile_expert(body: Mapping[str, Any], patch: kopf.Patch) -> None:
         total_steps=spec.train.steps,
         storage_problem=storage_problem,
         pod_problem=pod_problem,
+        finished=finished,
     )
     _apply(body, patch, expert_status(body.get("status"), facts))
 
@@ -174,7 +181,7 @@ def _selected_experts(ns: str, spec: ParisRouterSpec) -> tuple[list[dict[str, An
 
 def reconcile_router(body: Mapping[str, Any], patch: kopf.Patch) -> None:
     meta = body["metadata"]
-    ns, generation = meta["namespace"], int(meta.get("generation") or 1)
+    ns, generation = meta["namespace"], builders.generation(body)
     try:
         spec = ParisRouterSpec.model_validate(dict(body["spec"]))
     except ValidationError as err:
@@ -190,13 +197,17 @@ def reconcile_router(body: Mapping[str, Any], patch: kopf.Patch) -> None:
     desired_job = builders.build_router_job(body, spec, SETTINGS)
     job_name = desired_job["metadata"]["name"]
     job = kube.get("Job", ns, job_name)
-    if job is None and experts and ready >= needed and secret_problem is None:
+    # A training Job that finished and was cleaned up (TTL) is not trained again.
+    want = desired_job["metadata"]["annotations"][builders.SPEC_HASH]
+    finished = recorded_finish(body.get("status"), job_name, want) if job is None else None
+    if job is None and finished is None and experts and ready >= needed and secret_problem is None:
         job, created = kube.create_or_get(desired_job)
         if created:
             kopf.event(body, type="Normal", reason="RouterTraining", message=f"created Job {job_name}")
 
     deployment = service = None
-    if job is not None and job_outcome(job)[0] == SUCCEEDED:
+    trained = job_outcome(job)[0] if job is not None else (finished or {}).get("phase")
+    if trained == SUCCEEDED:
         service, _ = kube.create_or_get(builders.build_serve_service(body, spec))
         want = builders.build_serve_deployment(body, spec, SETTINGS, pipeline=job_name)
         deployment, created = kube.create_or_get(want)
@@ -218,6 +229,7 @@ def reconcile_router(body: Mapping[str, Any], patch: kopf.Patch) -> None:
         deployment=deployment,
         endpoint=builders.endpoint_url(service) if service else None,
         replicas=spec.inference.replicas,
+        finished=finished,
     )
     _apply(body, patch, router_status(body.get("status"), facts))
 

@@ -75,12 +75,6 @@ def create_or_get(obj: dict[str, Any]) -> tuple[dict[str, Any], bool]:
     return existing, False
 
 
-def merge_patch(kind: str, namespace: str, name: str, patch: dict[str, Any]) -> dict[str, Any]:
-    a, noun = _kind_api(kind)
-    fn = getattr(a, f"patch_namespaced_{noun}")
-    return to_dict(fn(name, namespace, patch, _content_type="application/merge-patch+json"))
-
-
 def replace(obj: dict[str, Any], resource_version: str) -> dict[str, Any]:
     """PUT the whole object (a merge patch would keep map keys the new spec dropped)."""
     a, noun = _kind_api(obj["kind"])

@@ -12,11 +12,15 @@ Conditions: `type`, `status` ("True"/"False"/"Unknown"), `reason` (CamelCase), `
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-PENDING, TRAINING, SUCCEEDED, FAILED = "Pending", "Training", "Succeeded", "Failed"
+from paris.config import KUEUE_QUEUE_LABEL
+
+from .builders import SPEC_HASH
+
+PENDING, QUEUED, TRAINING, SUCCEEDED, FAILED = "Pending", "Queued", "Training", "Succeeded", "Failed"
 DEPLOYING, READY = "Deploying", "Ready"
 
 
@@ -70,13 +74,15 @@ class ExpertFacts:
     invalid_spec: str | None = None
     storage_problem: str | None = None
     pod_problem: str | None = None  # e.g. CreateContainerConfigError of the current pod
+    # The status's record of this spec's Job once it finished (see finished_record): all that
+    # is left of the Job after the TTL controller deleted it.
+    finished: Mapping[str, Any] | None = None
 
 
 @dataclass
 class Computed:
     status: dict[str, Any]
     transition: Transition | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def _job_condition(job: Mapping[str, Any], type_: str) -> Mapping[str, Any] | None:
@@ -86,20 +92,99 @@ def _job_condition(job: Mapping[str, Any], type_: str) -> Mapping[str, Any] | No
     return None
 
 
+def queue_of(job: Mapping[str, Any] | None) -> str | None:
+    """The Kueue queue a Job waits in (its queue label), if any."""
+    return ((job or {}).get("metadata", {}).get("labels") or {}).get(KUEUE_QUEUE_LABEL)
+
+
 def job_outcome(job: Mapping[str, Any] | None) -> tuple[str, str, str]:
-    """(phase, reason, message) of a Job: Pending / Training (a pod is ready) / Succeeded / Failed."""
+    """(phase, reason, message) of a Job: Pending / Queued (suspended, e.g. until Kueue admits
+    it) / Training (a pod is ready) / Succeeded / Failed."""
     if job is None:
         return PENDING, "JobNotCreated", "the training Job does not exist yet"
     if c := _job_condition(job, "Complete"):
         return SUCCEEDED, "JobComplete", c.get("message") or "the training Job completed"
     if c := _job_condition(job, "Failed"):
         return FAILED, c.get("reason") or "JobFailed", c.get("message") or "the training Job failed"
+    if (job.get("spec") or {}).get("suspend"):
+        queue = queue_of(job)
+        return QUEUED, "Queued", f"waiting for Kueue to admit it from queue {queue}" if queue else "Job suspended"
     st = job.get("status") or {}
     if st.get("ready") or 0:
         return TRAINING, "PodRunning", "the trainer pod is running"
     if st.get("active") or 0:
         return PENDING, "PodStarting", "waiting for the trainer pod to start"
     return PENDING, "JobCreated", "waiting for the Job controller"
+
+
+def admission(job: Mapping[str, Any] | None, t: str) -> dict[str, Any] | None:
+    """The `Admitted` condition of a Job in a Kueue queue, read from the Job itself: Kueue
+    admits a Job by unsuspending it, and the Job controller's `Suspended` condition says since
+    when it waits or runs. None for a Job in no queue."""
+    queue = queue_of(job)
+    if job is None or not queue:
+        return None
+    conditions = (job.get("status") or {}).get("conditions") or []
+    since = next((c.get("lastTransitionTime") for c in conditions if c.get("type") == "Suspended"), None)
+    if (job.get("spec") or {}).get("suspend"):
+        return condition("Admitted", False, "Queued", f"waiting in Kueue queue {queue}", since or t)
+    return condition("Admitted", True, "Admitted", f"admitted by Kueue from queue {queue}", since or t)
+
+
+def finished_record(job: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """What the status keeps of a finished Job, so the outcome outlives the Job (TTL cleanup):
+    its name, the spec hash it ran, and its phase, reason, message and end time."""
+    phase, reason, message = job_outcome(job)
+    if job is None or phase not in (SUCCEEDED, FAILED):
+        return None
+    end = _job_condition(job, "Complete" if phase == SUCCEEDED else "Failed") or {}
+    return {
+        "name": job["metadata"]["name"],
+        "specHash": (job["metadata"].get("annotations") or {}).get(SPEC_HASH),
+        "phase": phase,
+        "reason": reason,
+        "message": message,
+        "completionTime": (job.get("status") or {}).get("completionTime") or end.get("lastTransitionTime"),
+    }
+
+
+def recorded_finish(old: Mapping[str, Any] | None, name: str, spec_hash: str) -> Mapping[str, Any] | None:
+    """The status's record of the Job `name` running `spec_hash`, if it finished: then a
+    missing Job is one that was cleaned up, not one to create."""
+    rec = (old or {}).get("finishedJob")
+    if isinstance(rec, Mapping) and rec.get("name") == name and rec.get("specHash") == spec_hash:
+        return rec
+    return None
+
+
+def trained_record(
+    name: str, spec_hash: str, progress: Mapping[str, Any] | None, steps: int
+) -> dict[str, Any] | None:
+    """A record for a Job nobody saw finish (the operator was away while it ended and was
+    cleaned up): the trainer's progress.json says it is done at the spec's step count. A new
+    Job would only resume from that last checkpoint and stop at once."""
+    p = progress or {}
+    step = int(p.get("step") or 0)
+    if p.get("state") != "done" or step < steps:
+        return None
+    return {
+        "name": name,
+        "specHash": spec_hash,
+        "phase": SUCCEEDED,
+        "reason": "TrainingDone",
+        "message": f"the store holds the final checkpoint (step {step}); its Job is gone",
+        "completionTime": None,
+    }
+
+
+def _outcome(job: Mapping[str, Any] | None, finished: Mapping[str, Any] | None) -> tuple[str, str, str]:
+    if job is None and finished is not None:
+        return finished["phase"], finished["reason"], finished["message"]
+    return job_outcome(job)
+
+
+def _record(job: Mapping[str, Any] | None, finished: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    return finished_record(job) if job is not None else (dict(finished) if finished is not None else None)
 
 
 def expert_status(old: Mapping[str, Any] | None, f: ExpertFacts) -> Computed:
@@ -111,7 +196,7 @@ def expert_status(old: Mapping[str, Any] | None, f: ExpertFacts) -> Computed:
     elif f.job is None and f.secret_problem is not None:
         phase, reason, message = PENDING, "SecretNotReady", f.secret_problem
     else:
-        phase, reason, message = job_outcome(f.job)
+        phase, reason, message = _outcome(f.job, f.finished)
         if phase == PENDING and f.secret_problem is not None:
             reason, message = "SecretNotReady", f.secret_problem
         elif phase == PENDING and f.pod_problem is not None:
@@ -130,8 +215,10 @@ def expert_status(old: Mapping[str, Any] | None, f: ExpertFacts) -> Computed:
         "step": step,
         "totalSteps": total,
         "progress": f"{step}/{total}",
-        "jobName": (f.job or {}).get("metadata", {}).get("name"),
     }
+    record = _record(f.job, f.finished)
+    status["jobName"] = (f.job or {}).get("metadata", {}).get("name") or (record or {}).get("name")
+    status["finishedJob"] = record  # None removes a stale record (a merge patch deletes null keys)
     for key, src in (("loss", "loss"), ("samplesPerSecond", "samples_per_s"), ("device", "device")):
         value = p.get(src, old.get(key))
         if value is not None:
@@ -143,9 +230,10 @@ def expert_status(old: Mapping[str, Any] | None, f: ExpertFacts) -> Computed:
     if start:
         status["startTime"] = start
     if phase in (SUCCEEDED, FAILED):
-        status["completionTime"] = old.get("completionTime") or job_status.get("completionTime") or t
-    if job_status.get("failed"):
-        status["podFailures"] = job_status["failed"]
+        status["completionTime"] = old.get("completionTime") or (record or {}).get("completionTime") or t
+    failures = job_status.get("failed") or (old.get("podFailures") if f.job is None else None)
+    if failures:
+        status["podFailures"] = failures
 
     conds = [
         condition(
@@ -157,9 +245,9 @@ def expert_status(old: Mapping[str, Any] | None, f: ExpertFacts) -> Computed:
         ),
         condition(
             "Created",
-            f.job is not None,
-            "JobCreated" if f.job is not None else reason,
-            "" if f.job is not None else message,
+            f.job is not None or record is not None,
+            "JobCreated" if f.job is not None or record is not None else reason,
+            "" if f.job is not None or record is not None else message,
             t,
         ),
         condition("Running", phase == TRAINING, reason, message if phase == TRAINING else "", t),
@@ -174,6 +262,8 @@ def expert_status(old: Mapping[str, Any] | None, f: ExpertFacts) -> Computed:
             "Failed", phase == FAILED, reason if phase == FAILED else "NotFailed", message if phase == FAILED else "", t
         ),
     ]
+    if (admitted := admission(f.job, t)) is not None:
+        conds.append(admitted)
     if f.storage_problem is not None:
         conds.append(condition("StorageReachable", False, "StorageUnreachable", f.storage_problem, t))
     elif f.secret_problem is None and f.invalid_spec is None:
@@ -200,6 +290,7 @@ class RouterFacts:
     endpoint: str | None = None
     invalid_spec: str | None = None
     replicas: int = 1
+    finished: Mapping[str, Any] | None = None  # the record of the training Job, once gone
 
 
 def experts_ready(experts: Sequence[Mapping[str, Any]]) -> list[str]:
@@ -224,7 +315,7 @@ def router_status(old: Mapping[str, Any] | None, f: RouterFacts) -> Computed:
     ready = experts_ready(f.experts)
     failed = sorted(e["metadata"]["name"] for e in f.experts if (e.get("status") or {}).get("phase") == FAILED)
     enough = len(f.experts) > 0 and len(ready) >= f.needed
-    train_phase, train_reason, train_msg = job_outcome(f.job)
+    train_phase, train_reason, train_msg = _outcome(f.job, f.finished)
     available = deployment_available(f.deployment, f.replicas)
 
     if f.invalid_spec is not None:
@@ -239,10 +330,9 @@ def router_status(old: Mapping[str, Any] | None, f: RouterFacts) -> Computed:
     elif f.job is None and f.secret_problem is not None:
         phase, reason, message = PENDING, "SecretNotReady", f.secret_problem
     elif train_phase != SUCCEEDED:
-        phase = FAILED if train_phase == FAILED else TRAINING
-        reason, message = (
-            ("RouterTrainingFailed", train_msg) if train_phase == FAILED else ("TrainingRouter", train_msg)
-        )
+        phase = train_phase if train_phase in (FAILED, QUEUED) else TRAINING
+        reason = {FAILED: "RouterTrainingFailed", QUEUED: "Queued"}.get(train_phase, "TrainingRouter")
+        message = train_msg
     elif not available:
         phase, reason, message = DEPLOYING, "RollingOut", "waiting for the inference Deployment to become available"
     else:
@@ -256,9 +346,11 @@ def router_status(old: Mapping[str, Any] | None, f: RouterFacts) -> Computed:
         "observedGeneration": f.generation,
         "expertsReady": f"{len(ready)}/{max(f.needed, len(f.experts))}",
         "readyExperts": ready,
-        "trainJob": (f.job or {}).get("metadata", {}).get("name"),
         "readyReplicas": dst.get("readyReplicas") or 0,
     }
+    record = _record(f.job, f.finished)
+    status["trainJob"] = (f.job or {}).get("metadata", {}).get("name") or (record or {}).get("name")
+    status["finishedJob"] = record
     if f.endpoint:
         status["endpoint"] = f.endpoint
     start = old.get("startTime") or ((f.job or {}).get("status") or {}).get("startTime")
@@ -283,6 +375,8 @@ def router_status(old: Mapping[str, Any] | None, f: RouterFacts) -> Computed:
             t,
         ),
     ]
+    if (admitted := admission(f.job, t)) is not None:
+        conds.append(admitted)
     if f.secret_problem is not None:
         conds.append(condition("SecretReady", False, "SecretNotReady", f.secret_problem, t))
     status["conditions"] = merge_conditions(old.get("conditions"), conds)

@@ -1,7 +1,7 @@
 """Checkpoints in the store: written file by file, published by rewriting `latest.json` last.
 
 <prefix>/checkpoints/step-000500/model/   live weights (ModelMixin.save_pretrained)
-<prefix>/checkpoints/step-000500/ema/     EMA weights (EMAModel.save_pretrained)
+<prefix>/checkpoints/step-000500/ema/     EMA weights as a plain model folder, + ema_state.json
 <prefix>/checkpoints/step-000500/optimizer.pt, state.json
 <prefix>/latest.json                       {"step": 500, "prefix": ".../step-000500"}
 """
@@ -35,13 +35,40 @@ def save_checkpoint(
     with tempfile.TemporaryDirectory() as tmp:
         d = Path(tmp)
         model.save_pretrained(d / "model")
-        ema.save_pretrained(str(d / "ema"))
+        save_ema(ema, model, d / "ema")
         torch.save(optimizer.state_dict(), d / "optimizer.pt")
         (d / "state.json").write_text(json.dumps({**state, "step": step}))
         target = step_dir(prefix, step)
         store.publish(d, target, f"{prefix}/latest.json", {"step": step})
     return target
 
+
+EMA_STATE = "ema_state.json"
+
+
+def save_ema(ema: EMAModel, model: Any, path: Path) -> None:
+    """The EMA weights as a clean model folder, and the EMA's own state beside it.
+
+    diffusers' EMAModel.save_pretrained registers decay, inv_gamma, optimization_step, ...
+    into the model's config.json: every later from_pretrained then warns that they are "not
+    expected", and the pipeline assembled from these weights saved them into its components."""
+    averaged = type(model).from_config(model.config)
+    ema.copy_to(averaged.parameters())
+    averaged.save_pretrained(path)
+    state = ema.state_dict()
+    state.pop("shadow_params", None)
+    (path / EMA_STATE).write_text(json.dumps(state))
+
+
+def load_ema(path: Path, model_cls: Any) -> EMAModel:
+    """The EMA that save_ema wrote (or, from an older checkpoint, EMAModel.save_pretrained)."""
+    state_file = path / EMA_STATE
+    if not state_file.is_file():
+        return EMAModel.from_pretrained(str(path), model_cls=model_cls)
+    model = model_cls.from_pretrained(path)
+    ema = EMAModel(model.parameters(), model_cls=model_cls, model_config=model.config)
+    ema.load_state_dict(json.loads(state_file.read_text()))
+    return ema
 
 
 def fetch_checkpoint(store: Store, prefix: str, local: Path) -> tuple[int, Path] | None:

@@ -27,7 +27,7 @@ from paris.config import TrainConfig
 from paris.errors import TrainingError
 from paris.progress import bar, console
 from paris.storage import Store
-from paris.trainer.checkpoint import fetch_checkpoint, save_checkpoint
+from paris.trainer.checkpoint import fetch_checkpoint, load_ema, save_checkpoint
 
 LossFn = Callable[[torch.nn.Module, torch.Generator, torch.device], torch.Tensor]
 
@@ -120,7 +120,7 @@ def train(
             resumed_from = start
             loaded = cast(Any, type(model)).from_pretrained(d / "model")  # a diffusers ModelMixin
             model.load_state_dict(loaded.state_dict())
-            ema_loaded = EMAModel.from_pretrained(str(d / "ema"), model_cls=type(model))
+            ema_loaded = load_ema(d / "ema", type(model))
             ema.load_state_dict(ema_loaded.state_dict())
             optimizer.load_state_dict(torch.load(d / "optimizer.pt", weights_only=True))
             state = json.loads((d / "state.json").read_text())

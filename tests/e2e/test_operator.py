@@ -482,3 +482,96 @@ def test_digits_run_from_manifests_to_png(
     eventually(children_gone, 120, "the router's Deployment and Job to be garbage-collected", debug)
     assert minio_server.client().stat_object(bucket, "models/digits/pipeline/model_index.json")
     assert minio_server.client().stat_object(bucket, "models/digits/experts/3/latest.json")
+
+
+# ---- Kueue admission and TTL cleanup -----------------------------------------------------------
+
+
+KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
+
+
+def test_a_queued_expert_waits_for_admission_then_outlives_its_cleaned_up_job(
+    k8s_cluster: Cluster,
+    k8s_namespace: str,
+    minio_server: MinioServer,
+    pod_runner: PodRunner,
+    operator: Operator,
+    tmp_path: Path,
+) -> None:
+    """Kueue's side is played by the test (Kueue cannot be built here): the Job waits suspended
+    with the queue label; unsuspending it, as Kueue's admission does, lets the real Job
+    controller start the trainer. The real TTL controller then deletes the finished Job and
+    its pods, and the ParisExpert's status keeps the outcome, loss, checkpoint and times."""
+    ns, cluster = k8s_namespace, k8s_cluster
+    bucket = minio_server.make_bucket()
+    prepare_dataset(minio_server, bucket, tmp_path)
+    create_secret(cluster, ns, minio_server)
+    pod_runner.env.update({"PARIS_S3_ENDPOINT": minio_server.url, "OMP_NUM_THREADS": "1"})
+    expert = example_experts(bucket, steps=4)[6]  # a cpu-pool expert, cluster 6
+    expert["spec"].update(queueName="team-a", ttlSecondsAfterFinished=3)
+    name, job_name = expert["metadata"]["name"], f"{expert['metadata']['name']}-train"
+
+    def debug() -> str:
+        return cluster.kubectl("get", "paris,jobs,pods", "-n", ns, "-o", "wide", check=False).stdout + operator.logs()
+
+    def status() -> dict[str, Any]:
+        return get_cr(cluster, ns, "parisexperts", name).get("status") or {}
+
+    assert apply(cluster, ns, [expert]).returncode == 0
+    st = eventually(lambda: status().get("phase") == "Queued" and status(), 60, "the Queued status", debug)
+    job = cluster.batch().read_namespaced_job(job_name, ns)
+    assert job.spec.suspend is True and job.metadata.labels[KUEUE_QUEUE_LABEL] == "team-a"
+    assert job.spec.ttl_seconds_after_finished == 3
+    admitted = next(c for c in st["conditions"] if c["type"] == "Admitted")
+    assert (admitted["status"], admitted["reason"]) == ("False", "Queued") and "team-a" in st["message"]
+    out = cluster.kubectl("get", "parisexperts", "-n", ns, "-o", "wide").stdout
+    assert "Queued" in out and "team-a" in out, out
+    time.sleep(3)
+    pods = cluster.core().list_namespaced_pod(ns, label_selector=f"job-name={job_name}").items
+    assert not pods, "no pod while queued"
+
+    # Admission: Kueue unsuspends the Job; the real Job controller takes it from there.
+    cluster.batch().patch_namespaced_job(job_name, ns, {"spec": {"suspend": False}})
+    st = eventually(lambda: status().get("phase") == "Succeeded" and status(), 600, "the expert to succeed", debug)
+    admitted = next(c for c in st["conditions"] if c["type"] == "Admitted")
+    assert (admitted["status"], admitted["reason"]) == ("True", "Admitted")
+
+    # Cleanup: the real TTL controller deletes the finished Job, and the pods go with it.
+    def job_gone() -> bool:
+        try:
+            cluster.batch().read_namespaced_job(job_name, ns)
+            return False
+        except ApiException as e:
+            if e.status != 404:
+                raise
+            return True
+
+    eventually(job_gone, 120, "the TTL controller to delete the finished Job", debug)
+    eventually(
+        lambda: not cluster.core().list_namespaced_pod(ns, label_selector=f"job-name={job_name}").items,
+        60,
+        "the Job's pods to go",
+        debug,
+    )
+    time.sleep(4)  # several operator polls with the Job gone
+    st = status()
+    assert (st["phase"], st["reason"], st["jobName"]) == ("Succeeded", "JobComplete", job_name)
+    assert st["checkpoint"] == f"s3://{bucket}/models/digits/experts/6/checkpoints/step-000004"
+    assert isinstance(st["loss"], float) and st["progress"] == "4/4"
+    assert st["startTime"] and st["completionTime"] and st["finishedJob"]["name"] == job_name
+    assert not cluster.batch().list_namespaced_job(ns).items, "a cleaned-up Job is not run again"
+
+
+def test_the_chart_with_its_store_is_accepted_by_the_api_server(k8s_cluster: Cluster, k8s_namespace: str) -> None:
+    """`helm install --set minio.enabled=true`, rendered and checked by the real apiserver
+    (server-side dry run: every field of the StatefulSet, Service, Secret and Jobs)."""
+    argv = [binary("helm"), "template", "paris", str(REPO / "charts" / "paris"), "--namespace", k8s_namespace]
+    argv += ["--kube-version", k8s_cluster.version.lstrip("v"), "--set", "minio.enabled=true"]
+    out = subprocess.run(argv, capture_output=True, text=True, check=True).stdout
+    docs = [d for d in yaml.safe_load_all(out) if d]
+    kinds = {d["kind"] for d in docs}
+    assert {"StatefulSet", "Service", "Secret", "Job", "Deployment"} <= kinds, kinds
+    res = k8s_cluster.kubectl(
+        "apply", "--dry-run=server", "-n", k8s_namespace, "-f", "-", input="---\n".join(yaml.safe_dump(d) for d in docs)
+    )
+    assert "statefulset.apps/paris-minio created (server dry run)" in res.stdout, res.stdout

@@ -131,3 +131,93 @@ def test_images_run_as_non_root(image: str) -> None:
     else:
         assert ".[operator]" in text and "trainer" not in text.split("pip install", 1)[1].split("\n")[0]
         assert entry == 'ENTRYPOINT ["kopf", "run", "-m", "paris.operator"]'
+
+
+def settings_of(docs: list[dict[str, Any]]) -> OperatorSettings:
+    (dep,) = by_kind(docs, "Deployment")
+    env = {e["name"]: e.get("value") for e in dep["spec"]["template"]["spec"]["containers"][0]["env"]}
+    return OperatorSettings.model_validate(yaml.safe_load(env["PARIS_OPERATOR_CONFIG"]))
+
+
+def env_of(pod_spec: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {e["name"]: e for e in pod_spec["containers"][0]["env"]}
+
+
+def test_the_store_is_off_by_default() -> None:
+    docs = render()
+    assert not by_kind(docs, "StatefulSet") and not by_kind(docs, "Service") and not by_kind(docs, "Secret")
+    s = settings_of(docs)
+    assert (s.s3_endpoint, s.credentials_secret) == ("minio.minio.svc.cluster.local:9000", "paris-s3")
+
+
+def test_one_value_installs_the_store_and_the_operator_follows_it() -> None:
+    docs = render("minio.enabled=true")
+    (sts,) = by_kind(docs, "StatefulSet")
+    (svc,) = by_kind(docs, "Service")
+    (secret,) = by_kind(docs, "Secret")
+    (job,) = [d for d in by_kind(docs, "Job")]
+    ns = "paris-system"
+
+    pod = sts["spec"]["template"]["spec"]
+    server = pod["containers"][0]
+    assert server["image"].startswith("quay.io/minio/minio:RELEASE.")
+    assert server["command"][:3] == ["minio", "server", "/data"]
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    (claim,) = sts["spec"]["volumeClaimTemplates"]
+    assert claim["spec"]["resources"]["requests"]["storage"] == "20Gi"
+    assert {"name": "data", "mountPath": "/data"} in server["volumeMounts"]
+
+    # The Service reaches the server's pods (and not the bucket Job's), on the S3 port.
+    pod_labels = sts["spec"]["template"]["metadata"]["labels"]
+    assert svc["spec"]["selector"].items() <= pod_labels.items()
+    assert sts["spec"]["selector"]["matchLabels"] == svc["spec"]["selector"]
+    assert not svc["spec"]["selector"].items() <= job["spec"]["template"]["metadata"]["labels"].items()
+    assert {"name": "s3", "port": 9000, "targetPort": "s3", "protocol": "TCP"} in svc["spec"]["ports"]
+
+    # One Secret holds the root credentials MinIO starts with and the keys paris pods read.
+    assert secret["metadata"]["namespace"] == ns
+    keys = secret["stringData"]
+    assert len(keys["AWS_ACCESS_KEY_ID"]) >= 3 and len(keys["AWS_SECRET_ACCESS_KEY"]) >= 8
+    env = env_of(pod)
+    for var, key in (("MINIO_ROOT_USER", "AWS_ACCESS_KEY_ID"), ("MINIO_ROOT_PASSWORD", "AWS_SECRET_ACCESS_KEY")):
+        assert env[var]["valueFrom"]["secretKeyRef"] == {"name": secret["metadata"]["name"], "key": key}
+
+    # The bucket Job talks to that Service with those keys, after install and upgrade.
+    assert job["metadata"]["annotations"]["helm.sh/hook"] == "post-install,post-upgrade"
+    script = job["spec"]["template"]["spec"]["containers"][0]["command"][-1]
+    assert f"http://{svc['metadata']['name']}:9000" in script and "mc mb --ignore-existing" in script
+    assert "store/paris" in script
+    job_env = env_of(job["spec"]["template"]["spec"])
+    assert job_env["AWS_ACCESS_KEY_ID"]["valueFrom"]["secretKeyRef"]["name"] == secret["metadata"]["name"]
+
+    # The operator's defaults point every resource at this store.
+    s = settings_of(docs)
+    assert s.s3_endpoint == f"{svc['metadata']['name']}.{ns}.svc.cluster.local:9000"
+    assert s.credentials_secret == secret["metadata"]["name"]
+
+
+def test_the_store_can_use_a_secret_the_user_names() -> None:
+    docs = render("minio.enabled=true", "minio.existingSecret=my-keys")
+    assert not by_kind(docs, "Secret"), "the chart creates no Secret when one is named"
+    (sts,) = by_kind(docs, "StatefulSet")
+    ref = env_of(sts["spec"]["template"]["spec"])["MINIO_ROOT_USER"]["valueFrom"]["secretKeyRef"]
+    assert ref["name"] == "my-keys" and settings_of(docs).credentials_secret == "my-keys"
+
+
+def test_the_credentials_reach_every_namespace_named_with_the_same_keys() -> None:
+    docs = render("minio.enabled=true", "storage.secretNamespaces={team-a,team-b}", "storage.accessKey=ak")
+    secrets = {d["metadata"]["namespace"]: d["stringData"] for d in by_kind(docs, "Secret")}
+    assert set(secrets) == {"paris-system", "team-a", "team-b"}
+    assert len({tuple(sorted(v.items())) for v in secrets.values()}) == 1
+    assert secrets["team-a"]["AWS_ACCESS_KEY_ID"] == "ak"
+
+
+def test_helm_lint_with_the_store() -> None:
+    out = helm("lint", str(CHART), "--kube-version", KUBE_VERSION, "--strict", "--set", "minio.enabled=true")
+    assert "0 chart(s) failed" in out
+
+
+def test_finished_jobs_are_cleaned_up_after_a_day_by_default() -> None:
+    assert settings_of(render()).ttl_seconds_after_finished == 86400
+    assert settings_of(render("ttlSecondsAfterFinished=600")).ttl_seconds_after_finished == 600
+    assert settings_of(render("ttlSecondsAfterFinished=null")).ttl_seconds_after_finished is None

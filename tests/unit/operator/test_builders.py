@@ -8,7 +8,7 @@ from typing import Any
 
 import yaml
 
-from paris.config import OperatorSettings, ParisExpertSpec, ParisRouterSpec, parse_config
+from paris.config import KUEUE_QUEUE_LABEL, OperatorSettings, ParisExpertSpec, ParisRouterSpec, parse_config
 from paris.operator import builders
 
 from .conftest import expert_body, router_body
@@ -170,3 +170,109 @@ def test_router_generations(settings: OperatorSettings) -> None:
 def test_nothing_secret_in_any_object(settings: OperatorSettings) -> None:
     text = json.dumps(_expert_job(settings))
     assert "secretKeyRef" in text and 'SECRET_ACCESS_KEY", "value"' not in text
+
+
+def test_every_paris_container_gets_its_environment_from_one_helper(settings: OperatorSettings) -> None:
+    """Config, store credentials by reference and unbuffered output come from pod_env for the
+    expert Job, the router Job and the serving Deployment alike; only PORT is serving's own."""
+    eb, rb = expert_body(), router_body()
+    espec, rspec = ParisExpertSpec.model_validate(eb["spec"]), ParisRouterSpec.model_validate(rb["spec"])
+    expected = {
+        "expert": builders.pod_env(builders.expert_run_config(espec, settings), espec.storage, settings),
+        "router": builders.pod_env(builders.router_run_config(rspec, settings), rspec.storage, settings),
+        "serve": builders.pod_env(builders.router_run_config(rspec, settings), rspec.storage, settings, PORT="8000"),
+    }
+    built = {
+        "expert": _expert_job(settings),
+        "router": builders.build_router_job(rb, rspec, settings),
+        "serve": builders.build_serve_deployment(rb, rspec, settings, "p"),
+    }
+    for what, obj in built.items():
+        env = obj["spec"]["template"]["spec"]["containers"][0]["env"]
+        assert env == expected[what], what
+        names = [e["name"] for e in env]
+        assert names[0] == "PARIS_CONFIG" and names[-1] == "PYTHONUNBUFFERED", names
+        assert {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"} <= set(names)
+
+
+def test_service_and_deployment_select_the_serving_pods_through_one_selector(settings: OperatorSettings) -> None:
+    body = router_body(name="other")
+    spec = ParisRouterSpec.model_validate(body["spec"])
+    dep = builders.build_serve_deployment(body, spec, settings, "p")
+    svc = builders.build_serve_service(body, spec)
+    selector = builders.serve_selector(body)
+    assert dep["spec"]["selector"]["matchLabels"] == selector == svc["spec"]["selector"]
+    assert selector.items() <= dep["spec"]["template"]["metadata"]["labels"].items()
+    assert selector["app.kubernetes.io/instance"] == "other"
+
+
+def test_builders_stamp_the_generation_they_were_built_for(settings: OperatorSettings) -> None:
+    eb = expert_body()
+    eb["metadata"]["generation"] = 7
+    rb = router_body()
+    rb["metadata"]["generation"] = 4
+    rspec = ParisRouterSpec.model_validate(rb["spec"])
+    job = builders.build_expert_job(eb, ParisExpertSpec.model_validate(eb["spec"]), settings)
+    assert job["metadata"]["annotations"][builders.GENERATION] == "7"
+    router_job = builders.build_router_job(rb, rspec, settings)
+    for obj in (router_job, builders.build_serve_deployment(rb, rspec, settings, "p")):
+        assert obj["metadata"]["annotations"][builders.GENERATION] == "4"
+    # The generation is bookkeeping, not spec: it never changes the spec hash.
+    eb["metadata"]["generation"] = 8
+    again = builders.build_expert_job(eb, ParisExpertSpec.model_validate(eb["spec"]), settings)
+    assert again["metadata"]["annotations"][builders.SPEC_HASH] == job["metadata"]["annotations"][builders.SPEC_HASH]
+
+
+def test_children_are_adopted_with_the_resources_own_labels_under_ours(settings: OperatorSettings) -> None:
+    """kopf.adopt: owner reference, namespace, and the resource's labels (a team or cost label
+    reaches its Jobs), without overriding the labels the operator selects by."""
+    eb = expert_body()
+    eb["metadata"]["labels"] = {"team": "vision", "app.kubernetes.io/component": "mine"}
+    rb = router_body()
+    rb["metadata"]["labels"] = {"team": "vision"}
+    rspec = ParisRouterSpec.model_validate(rb["spec"])
+    children = [
+        (eb, builders.build_expert_job(eb, ParisExpertSpec.model_validate(eb["spec"]), settings)),
+        (rb, builders.build_router_job(rb, rspec, settings)),
+        (rb, builders.build_serve_deployment(rb, rspec, settings, "p")),
+        (rb, builders.build_serve_service(rb, rspec)),
+    ]
+    for owner, obj in children:
+        meta = obj["metadata"]
+        assert meta["labels"]["team"] == "vision", obj["kind"]
+        assert meta["namespace"] == "ns1"
+        (ref,) = meta["ownerReferences"]
+        assert ref["controller"] is True and ref["blockOwnerDeletion"] is True
+        assert (ref["kind"], ref["name"]) == (owner["kind"], owner["metadata"]["name"])
+        assert ref["uid"] == owner["metadata"]["uid"]
+    job = children[0][1]
+    assert job["metadata"]["labels"]["app.kubernetes.io/component"] == "expert"
+    assert "team" not in job["spec"]["template"]["metadata"]["labels"], "pod labels stay the operator's"
+
+
+def test_a_queued_resource_gets_suspended_jobs_with_the_kueue_label(settings: OperatorSettings) -> None:
+    plain = _expert_job(settings)
+    assert KUEUE_QUEUE_LABEL not in plain["metadata"]["labels"] and "suspend" not in plain["spec"]
+    queued = _expert_job(settings, queueName="team-a")
+    assert queued["metadata"]["labels"][KUEUE_QUEUE_LABEL] == "team-a"
+    assert queued["spec"]["suspend"] is True
+    rb = router_body(queueName="team-b")
+    rjob = builders.build_router_job(rb, ParisRouterSpec.model_validate(rb["spec"]), settings)
+    assert rjob["metadata"]["labels"][KUEUE_QUEUE_LABEL] == "team-b" and rjob["spec"]["suspend"] is True
+    # Queueing is not training: the same spec hash, so a running Job is never replaced for it.
+    assert queued["metadata"]["annotations"][builders.SPEC_HASH] == plain["metadata"]["annotations"][builders.SPEC_HASH]
+
+
+def test_finished_jobs_get_the_resources_ttl_else_the_operators(settings: OperatorSettings) -> None:
+    assert "ttlSecondsAfterFinished" not in _expert_job(settings)["spec"], "no TTL anywhere keeps Jobs"
+    with_default = settings.model_copy(update={"ttl_seconds_after_finished": 3600})
+    assert _expert_job(with_default)["spec"]["ttlSecondsAfterFinished"] == 3600
+    own = _expert_job(with_default, ttlSecondsAfterFinished=600)
+    assert own["spec"]["ttlSecondsAfterFinished"] == 600
+    # Never sooner than three status polls: the operator records the outcome before the Job goes.
+    assert _expert_job(with_default, ttlSecondsAfterFinished=0)["spec"]["ttlSecondsAfterFinished"] == 30
+    rb = router_body(ttlSecondsAfterFinished=120)
+    rjob = builders.build_router_job(rb, ParisRouterSpec.model_validate(rb["spec"]), settings)
+    assert rjob["spec"]["ttlSecondsAfterFinished"] == 120
+    hashes = {j["metadata"]["annotations"][builders.SPEC_HASH] for j in (own, _expert_job(settings))}
+    assert len(hashes) == 1, "a new cleanup time must not restart a training"

@@ -92,3 +92,41 @@ def test_validation_rules_come_from_the_models() -> None:
     assert routing["pattern"].startswith("^(top1|top2|topk:") and routing["default"] == "top2"
     rules = router["properties"]["experts"]["x-kubernetes-validations"]
     assert "matchLabels" in rules[0]["rule"] and "names" in rules[0]["rule"]
+
+
+def test_one_command_writes_and_checks_both_crd_folders(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """crds/ and charts/paris/crds/ come from one run; --check fails on drift in either one."""
+    top, chart = tmp_path / "crds", tmp_path / "charts" / "paris" / "crds"
+    monkeypatch.setattr(crds, "OUTPUT_DIRS", (top, chart))
+    assert crds.main([]) == 0
+    assert sorted(p.name for p in top.iterdir()) == sorted(p.name for p in chart.iterdir()) == sorted(crds.generate())
+    for d in (top, chart):
+        victim = d / next(iter(crds.generate()))
+        good = victim.read_text()
+        victim.write_text(good + "# edited by hand\n")
+        assert crds.main(["--check"]) == 1, f"drift in {d} went unnoticed"
+        victim.unlink()
+        assert crds.main(["--check"]) == 1, f"a missing file in {d} went unnoticed"
+        victim.write_text(good)
+        assert crds.main(["--check"]) == 0
+    # A CRD no model generates any more (a renamed kind) is stale in either folder, and removed.
+    (chart / "paris.dev_parisold.yaml").write_text("kind: CustomResourceDefinition\n")
+    assert crds.main(["--check"]) == 1
+    assert crds.main([]) == 0 and not (chart / "paris.dev_parisold.yaml").exists()
+    assert crds.main(["--check"]) == 0
+
+
+def test_the_generator_targets_both_folders_of_the_repository() -> None:
+    assert {d.relative_to(crds.REPO).as_posix() for d in crds.OUTPUT_DIRS} == {"crds", "charts/paris/crds"}
+
+
+def test_every_job_running_resource_takes_the_queue_and_ttl_fields_from_one_mixin() -> None:
+    from paris.config import BatchJobOptions, ParisExpertSpec, ParisRouterSpec
+
+    for model, name in ((ParisExpertSpec, "parisexperts"), (ParisRouterSpec, "parisrouters")):
+        assert issubclass(model, BatchJobOptions)
+        props = load(name)["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"]
+        assert props["queueName"]["maxLength"] == 63 and "pattern" in props["queueName"]
+        assert props["ttlSecondsAfterFinished"]["minimum"] == 0
+        cols = {c["name"]: c for c in load(name)["spec"]["versions"][0]["additionalPrinterColumns"]}
+        assert cols["Queue"]["jsonPath"] == ".spec.queueName"

@@ -9,6 +9,7 @@ from typing import Any
 
 import kopf
 import pytest
+import yaml
 
 from paris.operator import builders, handlers
 
@@ -119,7 +120,7 @@ def test_new_generation_replaces_the_job(kube: FakeKube) -> None:
     assert kube.deleted == ["Job/digits-expert-3-train"], "the old Job goes first"
     st = reconcile(handlers.reconcile_expert, body)
     job = kube.get("Job", "ns1", "digits-expert-3-train")
-    assert job is not None and job["metadata"]["annotations"][handlers.GENERATION] == "2"
+    assert job is not None and job["metadata"]["annotations"][builders.GENERATION] == "2"
     assert "steps: 60" in job["spec"]["template"]["spec"]["containers"][0]["env"][0]["value"]
     assert st["observedGeneration"] == 2 and st["totalSteps"] == 60
     reconcile(handlers.reconcile_expert, body)
@@ -177,3 +178,93 @@ def test_router_waits_trains_then_serves(kube: FakeKube) -> None:
     assert f"Job/{job_name}" in kube.deleted
     pipeline = kube.objects[("Deployment", "ns1", "digits-serve")]["spec"]["template"]["metadata"]["annotations"]
     assert pipeline[f"{builders.API_GROUP}/pipeline"] == new
+
+
+def test_progress_is_read_with_the_storage_config_the_builders_make(
+    kube: FakeKube, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One StorageConfig per resource: the one builders.storage_config makes for the pod's
+    PARIS_CONFIG is the one the operator reads progress.json with."""
+    made: list[Any] = []
+    real = builders.storage_config
+
+    def spy(*args: Any) -> Any:
+        made.append(real(*args))
+        return made[-1]
+
+    read: list[Any] = []
+
+    def progress(cfg: Any, *args: Any) -> tuple[None, None]:
+        read.append(cfg)
+        return None, None
+
+    monkeypatch.setattr(builders, "storage_config", spy)
+    monkeypatch.setattr(handlers, "expert_progress", progress)
+    kube.secrets[("ns1", "paris-s3")] = {"AWS_ACCESS_KEY_ID": "a", "AWS_SECRET_ACCESS_KEY": "s"}
+    reconcile(handlers.reconcile_expert, expert_body())
+    assert read and any(cfg is m for cfg in read for m in made)
+    job = kube.get("Job", "ns1", "digits-expert-3-train")
+    assert job is not None
+    pod_cfg = yaml.safe_load(job["spec"]["template"]["spec"]["containers"][0]["env"][0]["value"])
+    assert read[0].model_dump(mode="json") == pod_cfg["storage"]
+
+
+def test_a_job_cleaned_up_after_it_finished_is_not_run_again(kube: FakeKube) -> None:
+    kube.secrets[("ns1", "paris-s3")] = {"AWS_ACCESS_KEY_ID": "a", "AWS_SECRET_ACCESS_KEY": "s"}
+    body = expert_body(ttlSecondsAfterFinished=60)
+    reconcile(handlers.reconcile_expert, body)
+    key = ("Job", "ns1", "digits-expert-3-train")
+    kube.objects[key]["status"] = {"conditions": [{"type": "Complete", "status": "True"}], "completionTime": "T9"}
+    st = reconcile(handlers.reconcile_expert, body)
+    assert st["phase"] == "Succeeded" and st["loss"] == 0.5
+    del kube.objects[key]  # the TTL controller's doing
+    for _ in range(3):
+        st = reconcile(handlers.reconcile_expert, body)
+    assert kube.created == ["Job/digits-expert-3-train"], "no second Job for the same spec"
+    assert (st["phase"], st["jobName"], st["completionTime"], st["loss"]) == (
+        "Succeeded", "digits-expert-3-train", "T9", 0.5
+    )
+    # A new spec is new work: a new Job.
+    body["spec"]["train"]["steps"] = 60
+    body["metadata"]["generation"] = 2
+    reconcile(handlers.reconcile_expert, body)
+    assert kube.created == ["Job/digits-expert-3-train"] * 2
+
+
+def test_a_finished_training_whose_job_nobody_saw_is_not_run_again(
+    kube: FakeKube, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The operator was away while the Job ended and was deleted: progress.json decides."""
+    kube.secrets[("ns1", "paris-s3")] = {"AWS_ACCESS_KEY_ID": "a", "AWS_SECRET_ACCESS_KEY": "s"}
+    done = {"step": 30, "total": 30, "loss": 0.25, "state": "done"}
+    monkeypatch.setattr(handlers, "expert_progress", lambda *a, **k: (done, "s3://paris/ck"))
+    st = reconcile(handlers.reconcile_expert, expert_body())
+    assert kube.created == [] and (st["phase"], st["reason"]) == ("Succeeded", "TrainingDone")
+    assert st["checkpoint"] == "s3://paris/ck" and st["loss"] == 0.25
+
+
+def test_a_router_keeps_serving_after_its_training_job_is_cleaned_up(kube: FakeKube) -> None:
+    kube.secrets[("ns1", "paris-s3")] = {"AWS_ACCESS_KEY_ID": "a", "AWS_SECRET_ACCESS_KEY": "s"}
+    body = router_body(storage={"uri": "s3://paris", "secretName": "paris-s3"}, queueName="team-a")
+    kube.experts = [{"metadata": {"name": f"e{i}"}, "status": {"phase": "Succeeded"}} for i in range(8)]
+    st = reconcile(handlers.reconcile_router, body)
+    (job_name,) = [c.removeprefix("Job/") for c in kube.created]
+    job = kube.objects[("Job", "ns1", job_name)]
+    assert job["spec"]["suspend"] is True and st["phase"] == "Queued"
+    job["spec"]["suspend"] = False  # Kueue admits it
+    job["status"] = {"conditions": [{"type": "Complete", "status": "True"}]}
+    st = reconcile(handlers.reconcile_router, body)
+    assert st["phase"] == "Deploying" and st["finishedJob"]["name"] == job_name
+    del kube.objects[("Job", "ns1", job_name)]
+    kube.objects[("Deployment", "ns1", "digits-serve")]["status"] = {
+        "replicas": 1, "updatedReplicas": 1, "readyReplicas": 1
+    }
+    st = reconcile(handlers.reconcile_router, body)
+    assert st["phase"] == "Ready" and st["trainJob"] == job_name
+    assert [c for c in kube.created if c.startswith("Job/")] == [f"Job/{job_name}"], "not trained again"
+    # An inference change still rolls out without the Job.
+    body["spec"]["inference"]["routing"] = "full"
+    body["metadata"]["generation"] = 2
+    reconcile(handlers.reconcile_router, body)
+    dep = kube.objects[("Deployment", "ns1", "digits-serve")]
+    assert "- full" in dep["spec"]["template"]["spec"]["containers"][0]["env"][0]["value"]

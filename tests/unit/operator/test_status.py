@@ -8,6 +8,7 @@ from paris.operator.status import (
     DEPLOYING,
     FAILED,
     PENDING,
+    QUEUED,
     READY,
     SUCCEEDED,
     TRAINING,
@@ -19,7 +20,9 @@ from paris.operator.status import (
     expert_status,
     job_outcome,
     merge_conditions,
+    recorded_finish,
     router_status,
+    trained_record,
 )
 
 
@@ -139,3 +142,73 @@ def test_deployment_rollout_not_done_while_old_pods_remain() -> None:
     assert deployment_available(dep, 1)
     dep["status"]["observedGeneration"] = 2
     assert not deployment_available(dep, 1)
+
+
+def queued_job(suspend: bool, **status: Any) -> dict[str, Any]:
+    return {
+        "metadata": {"name": "e-train", "labels": {"kueue.x-k8s.io/queue-name": "team-a"}},
+        "spec": {"suspend": suspend},
+        "status": status,
+    }
+
+
+def test_a_suspended_job_is_queued_until_kueue_admits_it() -> None:
+    waiting = queued_job(True, conditions=[{"type": "Suspended", "status": "True", "lastTransitionTime": "T0"}])
+    s = expert_status(None, ExpertFacts(1, waiting, total_steps=30))
+    assert (s.status["phase"], s.status["reason"]) == (QUEUED, "Queued") and "team-a" in s.status["message"]
+    admitted = cond(s.status, "Admitted")
+    assert (admitted["status"], admitted["reason"], admitted["lastTransitionTime"]) == ("False", "Queued", "T0")
+    assert s.transition and s.transition.new == QUEUED and not s.transition.warning
+
+    # Kueue admits by unsuspending; the Job controller flips Suspended to False (JobResumed).
+    resumed = [{"type": "Suspended", "status": "False", "reason": "JobResumed", "lastTransitionTime": "T1"}]
+    running = queued_job(False, active=1, ready=1, conditions=resumed)
+    r = expert_status(s.status, ExpertFacts(1, running, total_steps=30))
+    assert r.status["phase"] == TRAINING
+    admitted = cond(r.status, "Admitted")
+    assert (admitted["status"], admitted["reason"], admitted["lastTransitionTime"]) == ("True", "Admitted", "T1")
+
+    unqueued = expert_status(None, ExpertFacts(1, job(active=1, ready=1), total_steps=30)).status
+    assert not [c for c in unqueued["conditions"] if c["type"] == "Admitted"], "no queue, no admission"
+
+
+def test_a_router_whose_training_job_waits_in_a_queue_is_queued() -> None:
+    experts = [expert(f"e{i}", SUCCEEDED) for i in range(2)]
+    s = router_status(None, RouterFacts(1, experts, needed=2, job=queued_job(True)))
+    assert (s.status["phase"], s.status["reason"]) == (QUEUED, "Queued")
+    assert cond(s.status, "Admitted")["status"] == "False"
+
+
+def test_the_status_outlives_a_finished_job() -> None:
+    """After the TTL controller deleted the Job, the outcome, loss, checkpoint and times stay."""
+    finished = done("Complete", message="done")
+    finished["metadata"]["annotations"] = {"paris.dev/spec-hash": "h1"}
+    finished["status"].update(startTime="2026-01-01T00:00:00Z", completionTime="2026-01-01T00:05:00Z")
+    progress = {"step": 30, "total": 30, "loss": 0.25, "state": "done"}
+    s = expert_status(None, ExpertFacts(1, finished, progress=progress, checkpoint="s3://b/ck", total_steps=30))
+    record = s.status["finishedJob"]
+    assert record["name"] == "e-train" and record["specHash"] == "h1" and record["phase"] == SUCCEEDED
+    assert recorded_finish(s.status, "e-train", "h1") == record
+    assert recorded_finish(s.status, "e-train", "h2") is None, "another spec's Job is not this one"
+
+    kept = recorded_finish(s.status, "e-train", "h1")
+    gone = expert_status(s.status, ExpertFacts(1, None, total_steps=30, finished=kept))
+    st = gone.status
+    assert gone.transition is None, "the Job going away is no transition"
+    assert (st["phase"], st["reason"], st["jobName"]) == (SUCCEEDED, "JobComplete", "e-train")
+    assert (st["loss"], st["checkpoint"], st["progress"]) == (0.25, "s3://b/ck", "30/30")
+    assert (st["startTime"], st["completionTime"]) == ("2026-01-01T00:00:00Z", "2026-01-01T00:05:00Z")
+    assert st["finishedJob"] == record and cond(st, "Succeeded")["status"] == "True"
+
+    # A new Job of a new spec drops the record (null in the merge patch).
+    again = expert_status(st, ExpertFacts(2, job(active=1), total_steps=60))
+    assert again.status["finishedJob"] is None and changed(st, again.status)["finishedJob"] is None
+
+
+def test_a_job_nobody_saw_finish_counts_as_done_when_the_store_says_so() -> None:
+    assert trained_record("e-train", "h", {"state": "training", "step": 30}, 30) is None
+    assert trained_record("e-train", "h", {"state": "done", "step": 20}, 30) is None, "more steps asked now"
+    rec = trained_record("e-train", "h", {"state": "done", "step": 30, "loss": 0.5}, 30)
+    assert rec is not None
+    st = expert_status(None, ExpertFacts(1, None, progress={"step": 30, "loss": 0.5}, total_steps=30, finished=rec))
+    assert (st.status["phase"], st.status["reason"], st.status["loss"]) == (SUCCEEDED, "TrainingDone", 0.5)

@@ -1,0 +1,56 @@
+"""The example manifests and configs are valid for the models they feed, and the Kubernetes
+example trains the same router as the digits demo."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from paris.config import ParisExpertSpec, ParisRouterSpec, RunConfig, load_config
+
+REPO = Path(__file__).resolve().parents[2]
+K8S = REPO / "examples" / "k8s"
+SPECS: dict[str, type[ParisExpertSpec] | type[ParisRouterSpec]] = {
+    "ParisExpert": ParisExpertSpec,
+    "ParisRouter": ParisRouterSpec,
+}
+
+
+def manifests() -> list[tuple[str, dict[str, Any]]]:
+    out = []
+    for path in sorted(K8S.glob("*.yaml")):
+        for doc in yaml.safe_load_all(path.read_text()):
+            if doc and doc.get("apiVersion", "").startswith("paris.dev/"):
+                out.append((f"{path.name}:{doc['metadata']['name']}", doc))
+    return out
+
+
+@pytest.mark.parametrize(("where", "doc"), manifests(), ids=[w for w, _ in manifests()])
+def test_every_paris_manifest_is_a_valid_spec(where: str, doc: dict[str, Any]) -> None:
+    SPECS[doc["kind"]].model_validate(doc["spec"])
+
+
+@pytest.mark.parametrize("path", ["examples/digits.yaml", "examples/k8s/dataset.yaml"])
+def test_every_config_loads(path: str) -> None:
+    assert isinstance(load_config(REPO / path), RunConfig)
+
+
+def test_the_k8s_router_is_the_digits_demos_router() -> None:
+    """The demo's router reads the caption (README "Routing": the text-blind one scores 0.69)."""
+    demo = load_config(REPO / "examples" / "digits.yaml")
+    (router,) = [d for _, d in manifests() if d["kind"] == "ParisRouter"]
+    spec = ParisRouterSpec.model_validate(router["spec"])
+    assert spec.router.model.condition_on_text is True
+    assert spec.router.model == demo.router.model
+    assert spec.router.train == demo.router.train
+    assert spec.data.name == demo.data.name
+
+
+def test_the_k8s_experts_cover_every_cluster_of_the_k8s_dataset() -> None:
+    data = load_config(K8S / "dataset.yaml")
+    experts = [ParisExpertSpec.model_validate(d["spec"]) for _, d in manifests() if d["kind"] == "ParisExpert"]
+    assert sorted(e.cluster for e in experts) == list(range(data.data.clusters))
+    assert {e.data.name for e in experts} == {data.data.name}
