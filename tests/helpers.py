@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -69,3 +70,28 @@ def paris_cli(*args: str, cwd: Path | None = None, env: dict[str, str] | None = 
         [sys.executable, "-m", "paris", *args], capture_output=True, text=True, cwd=cwd,
         env={**os.environ, **(env or {})}, timeout=timeout,
     )
+
+
+@contextlib.contextmanager
+def serving(app: Any, timeout: float = 60.0) -> Iterator[str]:
+    """Run an ASGI app under a real uvicorn server on a loopback port (in a thread); yields
+    its base URL and stops the server on exit."""
+    import socket
+    import threading
+
+    import uvicorn
+
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name="uvicorn", daemon=True)
+    thread.start()
+    try:
+        eventually(lambda: server.started, timeout, "uvicorn to start", interval=0.05)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout)
+        sock.close()
