@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import threading
 import subprocess
 import sys
 import time
@@ -95,3 +96,27 @@ def serving(app: Any, timeout: float = 60.0) -> Iterator[str]:
         server.should_exit = True
         thread.join(timeout)
         sock.close()
+
+
+class Recording:
+    """The real pipeline, plus a record of every call and an optional gate that holds calls."""
+
+    def __init__(self, pipe: Any) -> None:
+        self.pipe = pipe
+        self.calls: list[dict[str, Any]] = []
+        self.gate: threading.Event | None = None
+        self.entered = threading.Event()
+        self.fail: Exception | None = None
+
+    def __getattr__(self, name: str) -> Any:  # router, device, components: the real pipeline's
+        return getattr(self.pipe, name)
+
+    def __call__(self, prompts: list[str], **kw: Any) -> Any:
+        gen = kw.get("generator")
+        self.calls.append({"prompts": list(prompts), "seed": gen.initial_seed() if gen is not None else None, **kw})
+        self.entered.set()
+        if self.gate is not None:
+            assert self.gate.wait(120), "the test never opened the gate"
+        if self.fail is not None:
+            raise self.fail
+        return self.pipe(prompts, **kw)

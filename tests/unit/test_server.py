@@ -25,34 +25,11 @@ from paris.config import GenerateRequest, ImagesRequest, InferenceSpec, SampleCo
 from paris.router.assemble import random_pipeline
 from paris.router.pipeline import ParisPipeline
 from paris.router.server import create_app, read_token
+from tests.helpers import Recording
 
 K = 3
 DEFAULTS = SampleConfig(steps=3, guidance=2.0, routing=["top1"])
 EXACT = ServeConfig(precision="no")  # fp32 everywhere, so that a seed reproduces bit for bit
-
-
-class Recording:
-    """The real pipeline, plus a record of every call and an optional gate that holds calls."""
-
-    def __init__(self, pipe: Any) -> None:
-        self.pipe = pipe
-        self.calls: list[dict[str, Any]] = []
-        self.gate: threading.Event | None = None
-        self.entered = threading.Event()
-        self.fail: Exception | None = None
-
-    def __getattr__(self, name: str) -> Any:  # router, device, components: the real pipeline's
-        return getattr(self.pipe, name)
-
-    def __call__(self, prompts: list[str], **kw: Any) -> Any:
-        gen = kw.get("generator")
-        self.calls.append({"prompts": list(prompts), "seed": gen.initial_seed() if gen is not None else None, **kw})
-        self.entered.set()
-        if self.gate is not None:
-            assert self.gate.wait(60), "the test never opened the gate"
-        if self.fail is not None:
-            raise self.fail
-        return self.pipe(prompts, **kw)
 
 
 @pytest.fixture(scope="module")
