@@ -188,19 +188,19 @@ def main() -> None:
     rounds = args.rounds or (1 if args.quick else 2)
     client_timeout = 2 * args.server_timeout
 
-    servers = {}
+    servers: dict[str, Server] = {}
     try:
         servers = {"batching": Server("batching", 16, args), "no batching": Server("no batching", 1, args)}
-        for s in servers.values():
-            s.wait_ready()
-        for s in servers.values():  # warm-up: first calls pay one-off costs
-            asyncio.run(_load(s.url, 2, 0.5 if args.quick else 3, client_timeout))
+        for srv in servers.values():
+            srv.wait_ready()
+        for srv in servers.values():  # warm-up: first calls pay one-off costs
+            asyncio.run(_load(srv.url, 2, 0.5 if args.quick else 3, client_timeout))
 
         rates: dict[str, list[float]] = {name: [] for name in servers}
         runs: dict[str, list[dict[str, Any]]] = {name: [] for name in servers}
         for _ in range(rounds):
-            for name, s in servers.items():
-                res = asyncio.run(_load(s.url, 8, seconds, client_timeout))
+            for name, srv in servers.items():
+                res = asyncio.run(_load(srv.url, 8, seconds, client_timeout))
                 rates[name].append(res["images_per_s"])
                 runs[name].append(res)
         on, off = statistics.median(rates["batching"]), statistics.median(rates["no batching"])
@@ -215,8 +215,8 @@ def main() -> None:
         failures = sum(1 for p in probes if p == float("inf"))
         finite = [p for p in probes if p != float("inf")]
     finally:
-        for s in servers.values():
-            s.stop()
+        for srv in servers.values():
+            srv.stop()
 
     result = {
         "settings": {"steps": args.steps, "experts": args.experts, "threads_per_server": args.threads,

@@ -4,7 +4,7 @@ The event loop only queues and hands out work, so health probes and metrics are 
 while a batch runs in the worker thread. A batch is the oldest waiting request plus every
 later one with the same key (same steps, guidance and routing), up to `max_batch` images; the
 oldest request waits at most `max_wait` seconds for others to join. A request whose key is
-None always runs alone (the server uses that for seeded requests, see server.py). When
+None always runs alone. When
 `max_queue` requests are waiting, `submit` raises QueueFull and the server answers 429.
 
 Hand-written because no library in the stack batches across HTTP requests by compatibility

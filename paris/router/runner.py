@@ -3,12 +3,12 @@
 Requests that share steps, guidance and routing become one ParisPipeline call: their prompts
 are concatenated (each repeated once per image) and the images are handed back in order.
 
-Determinism. ParisPipeline takes one `torch.Generator` and draws the noise of the whole batch
-from it in one `torch.randn`; it accepts no per-request latents. So a request's noise depends
-on what it was batched with, and only a request that runs alone has a seed that reproduces it.
-The server therefore gives a request with a `seed` its own pipeline call (its key is None), and
-batches only seedless requests. A request that ran alone reports the seed it used (sending it
-back reproduces the images); one that shared a call reports no seed rather than a false one.
+Seeds. Each request draws its own starting noise from its own seed (the one it sent, or a
+fresh one) and the call gets the concatenation as `latents`, so a request's images do not
+depend on what it was batched with: sending its reported seed back reproduces them, alone or
+in another batch (up to float rounding, since a batched matmul may round differently). A
+stand-in pipeline without a router config cannot be given latents; it gets the first
+request's generator, and only a request that ran alone reports a seed.
 
 Per-image routing. The pipeline reports expert usage for the whole call. The router is called
 once per denoising step on every row, so a forward hook on it sees each image's logits at each
@@ -52,9 +52,9 @@ class Work:
     grid: bool = False  # also one PNG of all the images side by side
 
     @property
-    def key(self) -> Hashable | None:
-        """Requests with equal keys may share a pipeline call; None runs alone."""
-        return None if self.seed is not None else (self.steps, self.guidance, self.routing)
+    def key(self) -> Hashable:
+        """Requests with equal keys may share a pipeline call."""
+        return (self.steps, self.guidance, self.routing)
 
 
 @dataclass
@@ -62,7 +62,7 @@ class Done:
     images: list[bytes]  # encoded in Work.image_format
     usage: list[list[float]]  # per image: each expert's share of the routing weight (sums to 1)
     trace: list[list[list[float]]] | None  # per image, per step, per expert (when asked)
-    seed: int | None  # reproduces these images when sent alone; None when the call was shared
+    seed: int | None  # reproduces these images; None only from a stand-in pipeline's shared call
     side: int  # pixels per side of the returned images
     grid: bytes | None
     batch_requests: int
@@ -119,6 +119,12 @@ class Runner:
         if self._logits is not None and isinstance(output, torch.Tensor):
             self._logits.append(output.detach().float().cpu())
 
+    def _latent_shape(self) -> tuple[int, int, int] | None:
+        cfg = getattr(getattr(self.pipe, "router", None), "config", None)
+        if cfg is None or not hasattr(cfg, "sample_size"):
+            return None  # a stand-in pipeline
+        return (int(cfg.in_channels), int(cfg.sample_size), int(cfg.sample_size))
+
     def _precision(self) -> AbstractContextManager[Any]:
         device = getattr(self.pipe, "device", None)
         if self.dtype is None or not isinstance(device, torch.device):
@@ -127,9 +133,17 @@ class Runner:
 
     def __call__(self, works: Sequence[Work]) -> list[Done]:
         first = works[0]
-        alone = len(works) == 1
-        seed = first.seed if first.seed is not None else secrets.randbelow(2**32)
+        seeds = [w.seed if w.seed is not None else secrets.randbelow(2**32) for w in works]
         prompts = [w.prompt for w in works for _ in range(w.count)]
+        extra: dict[str, Any] = {}
+        shape = self._latent_shape()
+        if shape is not None:
+            pairs = zip(works, seeds, strict=True)
+            noise = [torch.randn((w.count, *shape), generator=new_generator(s)) for w, s in pairs]
+            extra["latents"] = torch.cat(noise)
+            reported: list[int | None] = list(seeds)
+        else:
+            reported = list(seeds) if len(works) == 1 else [None] * len(works)
         self._logits = []
         try:
             with self._precision():
@@ -139,9 +153,10 @@ class Runner:
                     guidance_scale=first.guidance,
                     routing=first.routing,
                     num_images_per_prompt=1,
-                    generator=new_generator(seed),
+                    generator=new_generator(seeds[0]),  # what the pipeline draws from without latents
                     output_type="pil",
                     shift=self.shift,
+                    **extra,
                 )
             logits = self._logits
         finally:
@@ -151,14 +166,14 @@ class Runner:
         self.last = BatchStats([sum(u[k] for u in per_image) for k in range(len(out.usage))], calls)
         images = list(out.images)
         done, row = [], 0
-        for w in works:
+        for w, seed in zip(works, reported, strict=True):
             mine = resize(images[row : row + w.count], w.size)
             done.append(
                 Done(
                     images=[encode(im, w.image_format, w.quality) for im in mine],
                     usage=per_image[row : row + w.count],
                     trace=trace[row : row + w.count] if (trace is not None and w.trace) else None,
-                    seed=seed if alone else None,
+                    seed=seed,
                     side=mine[0].size[0],
                     grid=png_bytes(tile_grid(mine, cols=min(len(mine), 4))) if w.grid else None,
                     batch_requests=len(works),

@@ -104,31 +104,35 @@ def test_the_openai_client_with_auth_on(tiny: ParisPipeline) -> None:
 # ---- batching ------------------------------------------------------------------------------------
 
 
-def test_compatible_requests_share_one_pipeline_call_and_a_seeded_one_runs_alone(tiny: ParisPipeline) -> None:
+def test_compatible_requests_share_one_pipeline_call_and_keep_their_own_seeds(tiny: ParisPipeline) -> None:
     rec = Recording(tiny)
     rec.gate = threading.Event()
     with server(rec, max_batch=16, max_wait_ms=5) as (url, app), ThreadPoolExecutor(12) as pool:
         first = pool.submit(post, url, {"prompt": "first"})
         assert rec.entered.wait(60)
         same = [pool.submit(post, url, {"prompt": f"same {i}", "n": 1 + i % 2}) for i in range(6)]
+        same.append(pool.submit(post, url, {"prompt": "seeded", "seed": 5}))
         other = [pool.submit(post, url, {"prompt": f"other {i}", "num_inference_steps": 3}) for i in range(2)]
-        seeded = pool.submit(post, url, {"prompt": "same 0", "seed": 5})
         eventually(lambda: len(app.state.batcher.pending) == 9, 60, "nine requests queued")
         assert metric(url, "paris_queue_depth") == 9 and metric(url, "paris_generation_in_flight") == 1
         rec.gate.set()
-        results = {"first": [first.result()], "same": [f.result() for f in same],
-                   "other": [f.result() for f in other], "seeded": [seeded.result()]}
-        alone = post(url, {"prompt": "same 0", "seed": 5})
-    assert all(r.status_code == 200 for rs in results.values() for r in rs)
+        assert first.result().status_code == 200
+        shared = [f.result() for f in same]
+        assert all(f.result().status_code == 200 for f in other)
+        seeded_alone = post(url, {"prompt": "seeded", "seed": 5})
+        pair = shared[1].json()
+        pair_alone = post(url, {"prompt": "same 1", "n": 2, "seed": pair["seed"]})
+    assert all(r.status_code == 200 for r in shared)
     sizes = sorted(len(c["prompts"]) for c in rec.calls)
-    assert sizes == sorted([1, 9, 2, 1, 1]), "first; six requests (nine images); two of 3 steps; seeded; alone"
-    assert {r.headers["x-paris-batch"] for r in results["same"]} == {"6"}
-    assert all("x-paris-seed" not in r.headers and r.json()["seed"] is None for r in results["same"]), \
-        "a shared call reports no seed: no seed would reproduce it"
-    assert [len(r.json()["data"]) for r in results["same"]] == [1, 2, 1, 2, 1, 2], "each gets its own images"
-    s = results["seeded"][0]
-    assert s.headers["x-paris-batch"] == "1" and s.json()["seed"] == 5
-    assert s.json()["data"] == alone.json()["data"], "a seeded request is reproducible under load"
+    assert sizes == [1, 1, 2, 2, 10], "first; seven requests (ten images) in one call; two of 3 steps; 1 + 2 alone"
+    assert {r.headers["x-paris-batch"] for r in shared} == {"7"}
+    assert [len(r.json()["data"]) for r in shared] == [1, 2, 1, 2, 1, 2, 1], "each gets its own images"
+    assert all(isinstance(r.json()["seed"], int) and r.headers["x-paris-seed"] == str(r.json()["seed"])
+               for r in shared), "every request reports the seed of its own noise"
+    assert shared[-1].json()["seed"] == 5
+    images = [[d["b64_json"] for d in r.json()["data"]] for r in (shared[-1], seeded_alone, shared[1], pair_alone)]
+    assert images[0] == images[1], "a seeded request gets the same images in a batch as alone"
+    assert images[2] == images[3], "the seed a batched request reports reproduces its images"
 
 
 def test_batching_off_runs_every_request_alone(tiny: ParisPipeline) -> None:

@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from types import SimpleNamespace
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 from fastapi.testclient import TestClient
@@ -123,7 +124,7 @@ def test_json_by_accept_or_format_with_per_image_usage(client: TestClient) -> No
     assert png(base64.b64decode(body["images"][0])).size == (16, 16)
     assert len(body["usage"]) == K and abs(sum(body["usage"]) - 1) < 1e-6
     assert len(body["image_usage"]) == 2 and all(abs(sum(u) - 1) < 1e-6 for u in body["image_usage"])
-    assert isinstance(body["seed"], int), "a request that ran alone reports its seed"
+    assert isinstance(body["seed"], int)
     r2 = client.post("/v1/generate", json={"prompt": "p", "format": "json"})
     assert r2.headers["content-type"].startswith("application/json")
 
@@ -165,18 +166,30 @@ def test_the_seed_header_names_the_generator_the_pipeline_got_even_where_torch_d
         assert r.headers["x-paris-seed"] == str(gen.initial_seed())
 
 
-def test_a_shared_call_reports_no_seed_and_traces_only_where_asked(tiny: ParisPipeline) -> None:
+def pixels(data: bytes) -> torch.Tensor:
+    return torch.from_numpy(np.array(Image.open(io.BytesIO(data)), dtype=np.int16))
+
+
+def test_a_request_gets_the_same_images_alone_or_in_a_shared_call(tiny: ParisPipeline) -> None:
     from paris.router.runner import Runner, Work
 
     runner = Runner(tiny)
     try:
-        done = runner([Work("a digit one", 2, 4, 2.0, "top2", trace=True), Work("a digit nine", 3, 4, 2.0, "top2")])
-        assert [d.seed for d in done] == [None, None] and done[0].batch_requests == 2
-        assert done[0].trace is not None and done[1].trace is None
-        assert len(done[0].trace) == 2 and len(done[0].trace[0]) == 4 and len(done[0].trace[0][0]) == K
-        assert all(sum(1 for w in step if w > 0) == 2 for step in done[0].trace[0]), "top2 keeps two per step"
-        assert runner.last is not None and abs(sum(runner.last.usage) - 5) < 1e-6, "one unit of weight per image"
-        assert sum(runner.last.calls) == 5 * 4 * 2, "images x steps x experts kept"
+        mine = Work("a digit one", 2, 4, 2.0, "top2", seed=9, trace=True)
+        alone = runner([mine])[0]
+        done = runner([Work("a digit nine", 3, 4, 2.0, "top2"), mine, Work("a digit two", 1, 4, 2.0, "top2")])
+        assert done[1].seed == 9 and all(isinstance(d.seed, int) for d in done), "every request reports its seed"
+        assert done[1].batch_requests == 3 and done[1].batch_images == 6
+        assert runner.last is not None and abs(sum(runner.last.usage) - 6) < 1e-6, "one unit of weight per image"
+        assert sum(runner.last.calls) == 6 * 4 * 2, "images x steps x experts kept"
+        for a, b in zip(alone.images, done[1].images, strict=True):
+            assert (pixels(a) - pixels(b)).abs().max() <= 1, "its own noise, whatever it was batched with"
+        torch.testing.assert_close(torch.tensor(alone.usage), torch.tensor(done[1].usage))
+        again = runner([Work("a digit nine", 3, 4, 2.0, "top2", seed=done[0].seed)])[0]
+        assert all((pixels(a) - pixels(b)).abs().max() <= 1 for a, b in zip(again.images, done[0].images, strict=True))
+        assert done[1].trace is not None and done[0].trace is None, "traces only where asked"
+        assert len(done[1].trace) == 2 and len(done[1].trace[0]) == 4 and len(done[1].trace[0][0]) == K
+        assert all(sum(1 for w in step if w > 0) == 2 for step in done[1].trace[0]), "top2 keeps two per step"
     finally:
         runner.close()
 
