@@ -51,10 +51,9 @@ def test_the_server_loads_every_experts_and_the_routers_ema_weights(published: t
     pipe = pipeline_loader(cfg)()
     with tempfile.TemporaryDirectory() as tmp:
         for k, served in enumerate(pipe.experts):
-            ema = PixArtTransformer2DModel.from_pretrained(fetch_weights(store, expert_prefix(cfg.model, k), Path(tmp) / f"e{k}"))
-            live = PixArtTransformer2DModel.from_pretrained(
-                fetch_weights(store, expert_prefix(cfg.model, k), Path(tmp) / f"m{k}", which="model")
-            )
+            prefix = expert_prefix(cfg.model, k)
+            ema = PixArtTransformer2DModel.from_pretrained(fetch_weights(store, prefix, Path(tmp) / f"e{k}"))
+            live = PixArtTransformer2DModel.from_pretrained(fetch_weights(store, prefix, Path(tmp) / f"m{k}", "model"))
             _same_weights(served, ema, live)
         ema_r = ParisRouter.from_pretrained(fetch_weights(store, router_prefix(cfg.model), Path(tmp) / "r"))
         live_r = ParisRouter.from_pretrained(fetch_weights(store, router_prefix(cfg.model), Path(tmp) / "rm", "model"))
