@@ -104,8 +104,10 @@ def encode(image: Image.Image, fmt: str, quality: int | None) -> bytes:
 class Runner:
     """Owns the pipeline in the worker thread: precision, the routing hook, one call per batch."""
 
-    def __init__(self, pipe: Any, shift: float | None = None, dtype: torch.dtype | None = None) -> None:
-        self.pipe, self.shift, self.dtype = pipe, shift, dtype
+    def __init__(
+        self, pipe: Any, shift: float | None = None, dtype: torch.dtype | None = None, guidance_routing: str = "shared"
+    ) -> None:
+        self.pipe, self.shift, self.dtype, self.guidance_routing = pipe, shift, dtype, guidance_routing
         self._logits: list[torch.Tensor] | None = None
         router = getattr(pipe, "router", None)
         self._hook = router.register_forward_hook(self._capture) if isinstance(router, torch.nn.Module) else None
@@ -135,7 +137,7 @@ class Runner:
         first = works[0]
         seeds = [w.seed if w.seed is not None else secrets.randbelow(2**32) for w in works]
         prompts = [w.prompt for w in works for _ in range(w.count)]
-        extra: dict[str, Any] = {}
+        extra: dict[str, Any] = {"guidance_routing": self.guidance_routing}
         shape = self._latent_shape()
         if shape is not None:
             pairs = zip(works, seeds, strict=True)
@@ -187,7 +189,12 @@ class Runner:
     def _routing(
         logits: list[torch.Tensor], rows: int, work: Work, call_usage: list[float]
     ) -> tuple[list[list[float]], list[list[list[float]]] | None]:
-        """Per image: mean routing weight per expert over the steps, and the weights per step."""
+        """Per image: mean routing weight per expert over the steps, and the weights per step.
+
+        With guidance_routing "separate" a text-conditioned router runs twice a step, the
+        caption's branch first: its calls are every other one."""
+        if len(logits) == 2 * work.steps:
+            logits = logits[0::2]
         if len(logits) != work.steps or any(t.shape[0] != rows for t in logits):
             return [list(call_usage) for _ in range(rows)], None  # no router module seen: the call's usage
         keep = parse_routing(work.routing)

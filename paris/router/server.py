@@ -41,6 +41,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from paris.config import (
+    DEFAULT_ROUTING,
     GenerateRequest,
     ImagesRequest,
     RunConfig,
@@ -186,7 +187,7 @@ def create_app(
     metrics = ServeMetrics(ROUTES)
     state: dict[str, Any] = {"runner": None, "error": None, "info": {}}
     loaded = threading.Event()
-    default_routing = defaults.routing[0] if defaults.routing else "top2"
+    default_routing = defaults.routing[0] if defaults.routing else DEFAULT_ROUTING
 
     def load_weights() -> None:
         try:
@@ -203,7 +204,7 @@ def create_app(
                 "load_seconds": round(seconds, 3),
                 "parameter_bytes": nbytes,
             }
-            state["runner"] = Runner(pipe, defaults.shift, dtype)
+            state["runner"] = Runner(pipe, defaults.shift, dtype, defaults.guidance_routing)
             metrics.ready.set(1)
             log.info("pipeline loaded in %.2fs: %.1f MiB of weights, %s", seconds, nbytes / 2**20, state["info"])
         except Exception as err:  # reported by /readyz and /healthz; the pod restarts

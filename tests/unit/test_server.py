@@ -194,14 +194,16 @@ def test_a_request_gets_the_same_images_alone_or_in_a_shared_call(tiny: ParisPip
         runner.close()
 
 
-def test_per_image_usage_matches_the_pipeline_on_the_same_noise(tiny: ParisPipeline) -> None:
+@pytest.mark.parametrize("guidance_routing", ["shared", "separate"])
+def test_per_image_usage_matches_the_pipeline_on_the_same_noise(tiny: ParisPipeline, guidance_routing: str) -> None:
     from paris.router.runner import Runner, Work
 
-    runner = Runner(tiny)
+    runner = Runner(tiny, guidance_routing=guidance_routing)
     try:
-        done = runner([Work("a digit four", 3, 5, 1.5, "top2", seed=11)])[0]
+        done = runner([Work("a digit four", 3, 5, 1.5, "top2", seed=11, trace=True)])[0]
         out = tiny(["a digit four"] * 3, num_inference_steps=5, routing="top2", guidance_scale=1.5,
-                   generator=torch.Generator().manual_seed(11), output_type="pt")
+                   generator=torch.Generator().manual_seed(11), output_type="pt", guidance_routing=guidance_routing)
+        assert done.trace is not None and len(done.trace[0]) == 5
         mean = [sum(u[k] for u in done.usage) / 3 for k in range(K)]
         torch.testing.assert_close(torch.tensor(mean), torch.tensor(out.usage).float())
         assert done.seed == 11
