@@ -32,6 +32,8 @@ from typing import Any
 
 import httpx
 
+from paris.config import ServeConfig
+
 HOST = "127.0.0.1"
 
 
@@ -45,7 +47,7 @@ def run_server(args: argparse.Namespace) -> None:
     import torch
     import uvicorn
 
-    from paris.config import ExpertModelConfig, RouterModelConfig, SampleConfig, ServeConfig
+    from paris.config import ExpertModelConfig, RouterModelConfig, SampleConfig
     from paris.router.assemble import random_pipeline
     from paris.router.server import create_app
 
@@ -56,7 +58,8 @@ def run_server(args: argparse.Namespace) -> None:
         expert = ExpertModelConfig(preset="tiny")
         router = RouterModelConfig(preset="tiny", condition_on_text=True)
     pipe = random_pipeline(args.experts, expert, router)
-    settings = ServeConfig(max_batch=args.max_batch, max_queue=args.max_queue, timeout_s=args.server_timeout)
+    settings = ServeConfig(max_batch=args.max_batch, max_queue=args.max_queue, timeout_s=args.server_timeout,
+                           max_wait_ms=args.max_wait_ms)
     app = create_app(lambda: pipe, SampleConfig(steps=args.steps, routing=["top2"]), settings, model_name="bench")
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.bind((HOST, 0))
@@ -69,7 +72,8 @@ class Server:
         self.name = name
         cmd = [sys.executable, __file__, "--serve", "--max-batch", str(max_batch), "--max-queue", str(args.max_queue),
                "--steps", str(args.steps), "--experts", str(args.experts), "--threads", str(args.threads),
-               "--server-timeout", str(args.server_timeout), *(["--quick"] if args.quick else [])]
+               "--server-timeout", str(args.server_timeout), "--max-wait-ms", str(args.max_wait_ms),
+               *(["--quick"] if args.quick else [])]
         env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "HF_HUB_OFFLINE": "1",
                "TRANSFORMERS_OFFLINE": "1", "DIFFUSERS_VERBOSITY": "error", "TRANSFORMERS_VERBOSITY": "error",
                "HF_HUB_DISABLE_PROGRESS_BARS": "1"}
@@ -162,6 +166,14 @@ def _probe(url: str, stop: threading.Event, out: list[float], period: float = 0.
             stop.wait(period)
 
 
+def _batch_sizes(url: str) -> tuple[float, float]:
+    """(images, pipeline calls) so far, from the server's batch-size histogram."""
+    text = httpx.get(url + "/metrics", timeout=10).text
+    values = {line.split()[0]: float(line.split()[1]) for line in text.splitlines()
+              if line.startswith("paris_batch_size_images_")}
+    return values.get("paris_batch_size_images_sum", 0.0), values.get("paris_batch_size_images_count", 0.0)
+
+
 def _percentile(xs: list[float], q: float) -> float:
     s = sorted(xs)
     return s[min(len(s) - 1, int(q * len(s)))] if s else float("nan")
@@ -174,9 +186,10 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=None, help="interleaved throughput rounds per mode")
     ap.add_argument("--steps", type=int, default=None, help="denoising steps per image")
     ap.add_argument("--experts", type=int, default=4)
-    ap.add_argument("--threads", type=int, default=1, help="torch threads per server")
+    ap.add_argument("--threads", type=int, default=2, help="torch threads per server (the 2 cores)")
     ap.add_argument("--max-queue", type=int, default=32)
     ap.add_argument("--server-timeout", type=float, default=60.0)
+    ap.add_argument("--max-wait-ms", type=float, default=ServeConfig().max_wait_ms, help="serve.max_wait_ms")
     ap.add_argument("--out", type=Path, default=None, help="also write the results here as JSON")
     ap.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--max-batch", type=int, default=16, help=argparse.SUPPRESS)
@@ -200,7 +213,10 @@ def main() -> None:
         runs: dict[str, list[dict[str, Any]]] = {name: [] for name in servers}
         for _ in range(rounds):
             for name, srv in servers.items():
+                images0, calls0 = _batch_sizes(srv.url)
                 res = asyncio.run(_load(srv.url, 8, seconds, client_timeout))
+                images1, calls1 = _batch_sizes(srv.url)
+                res["mean_batch_images"] = round((images1 - images0) / max(1.0, calls1 - calls0), 2)
                 rates[name].append(res["images_per_s"])
                 runs[name].append(res)
         on, off = statistics.median(rates["batching"]), statistics.median(rates["no batching"])
@@ -220,7 +236,8 @@ def main() -> None:
 
     result = {
         "settings": {"steps": args.steps, "experts": args.experts, "threads_per_server": args.threads,
-                     "max_batch": 16, "max_queue": args.max_queue, "seconds_per_round": seconds,
+                     "max_batch": 16, "max_queue": args.max_queue, "max_wait_ms": args.max_wait_ms,
+                     "seconds_per_round": seconds,
                      "rounds": rounds, "quick": args.quick, "cpus": os.cpu_count()},
         "throughput": {
             "clients": 8,
@@ -243,7 +260,8 @@ def main() -> None:
     print(f"8 clients, {args.steps} steps, {rounds} interleaved rounds of {seconds:g}s:")
     print(f"  batching on   {t['batching_images_per_s']:.2f} images/s")
     print(f"  batching off  {t['no_batching_images_per_s']:.2f} images/s")
-    print(f"  speedup       {t['speedup']}x")
+    print(f"  speedup       {t['speedup']}x (mean images per pipeline call: "
+          f"{statistics.mean(r['mean_batch_images'] for r in t['runs']['batching']):.1f} with batching)")
     print(f"64 clients for {seconds:g}s against a queue of {args.max_queue}: outcomes {s['outcomes']}")
     print(f"  /healthz p50 {s['healthz_p50_ms']} ms, p99 {s['healthz_p99_ms']} ms, max {s['healthz_max_ms']} ms "
           f"over {s['healthz_probes']} probes ({s['healthz_failures']} failed); timeouts {s['timeouts']}")

@@ -287,7 +287,7 @@ class ServeConfig(_Model):
         16, ge=1, le=256, description="Images per pipeline call across requests; 1 turns batching off"
     )
     max_wait_ms: float = Field(
-        10.0, ge=0, le=1000, description="How long the first request of a batch waits for others to join"
+        30.0, ge=0, le=1000, description="How long the first request of a batch waits for others to join"
     )
     max_queue: int = Field(32, ge=1, le=4096, description="Requests waiting for the pipeline; more get 429")
     timeout_s: float = Field(120.0, gt=0, le=3600, description="Per request, queueing included; then 504")
