@@ -2,8 +2,10 @@
 
 Each model size is saved once as a pipeline folder (untrained weights: the values do not
 change the cost), then loaded in a fresh process per precision, the way the server's loader
-does it (ParisPipeline.from_pretrained, then paris.router.runner.serving_dtype). Variants are
-interleaved over rounds and the median is reported.
+does it (ParisPipeline.from_pretrained, then paris.router.runner.serving_dtype), until every
+weight has been read once. The folder is in the page cache (it was just written), so this is
+the load without the download from the store. Variants are interleaved over rounds and the
+median is reported.
 
     python bench/serve_weights.py [--rounds 3] [--sizes digits,B]
 """
@@ -58,10 +60,10 @@ def measure(folder: Path, precision: str) -> dict[str, Any]:
     t0 = time.perf_counter()
     pipe = ParisPipeline.from_pretrained(folder).to("cpu")
     dtype = serving_dtype(pipe, precision)
-    seconds = time.perf_counter() - t0
-    for p in pipe.components.values():  # touch every weight, as serving does (safetensors maps lazily)
+    for p in pipe.components.values():  # read every weight once, as the first request does
         if isinstance(p, torch.nn.Module):
             sum(float(t.float().sum()) for t in p.parameters())
+    seconds = time.perf_counter() - t0
     return {"load_s": seconds, "weights_mib": parameter_bytes(pipe) / 2**20,
             "resident_mib": _status_mib("VmRSS") - before, "peak_mib": _status_mib("VmHWM") - before,
             "dtype": str(dtype or torch.float32)}
