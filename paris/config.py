@@ -279,6 +279,10 @@ class SampleConfig(_Model):
     device: str = Field("auto", pattern=DEVICE_PATTERN, description="auto, cpu, cuda, cuda:N or mps")
 
 
+SERVE_TOKEN_ENV = "PARIS_SERVE_TOKEN"  # `paris serve`'s bearer token (a Secret key, on Kubernetes)
+SERVE_TOKEN_FILE_ENV = "PARIS_SERVE_TOKEN_FILE"  # or a file that holds it
+
+
 class ServeConfig(_Model):
     """`paris serve`: batching, backpressure and limits. The bearer token is never here: it
     comes from $PARIS_SERVE_TOKEN or the file named by $PARIS_SERVE_TOKEN_FILE (a Secret)."""
@@ -588,6 +592,11 @@ class OperatorSettings(_Model):
     trainer_image: str = Field("ghcr.io/paris-dev/paris-trainer:0.1.0", alias="trainerImage")
     s3_endpoint: str | None = Field(None, alias="s3Endpoint", description="Default storage.endpoint")
     credentials_secret: str = Field("paris-s3", alias="credentialsSecret", description="Default storage.secretName")
+    serve_credentials_secret: str | None = Field(
+        None,
+        alias="serveCredentialsSecret",
+        description="Default inference.storageSecretName: a read-only store credential for the serve pods",
+    )
     pool_label: str = Field("pool", alias="poolLabel", description="Node label that names a pool")
     pools: dict[str, PoolDefaults] = Field(default_factory=dict)
     poll_seconds: float = Field(10.0, alias="pollSeconds", ge=0.5, le=3600, description="Progress poll period")

@@ -42,6 +42,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from paris.config import (
     DEFAULT_ROUTING,
+    SERVE_TOKEN_ENV,
+    SERVE_TOKEN_FILE_ENV,
     GenerateRequest,
     ImagesRequest,
     RunConfig,
@@ -58,7 +60,6 @@ log = logging.getLogger("paris.serve")
 
 OPENAI_PREFIX = "/v1/images/"
 ROUTES = ("/", "/v1/images/generations", "/v1/generate", "/v1/models", "/v1/info", "/healthz", "/readyz", "/metrics")
-TOKEN_ENV, TOKEN_FILE_ENV = "PARIS_SERVE_TOKEN", "PARIS_SERVE_TOKEN_FILE"
 CLIENT_CLOSED = 499  # nginx's code for "the client closed the request"; nobody receives it
 
 _ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 404: "not_found_error",
@@ -434,15 +435,15 @@ def _headers(work: Work, done: Done) -> dict[str, str]:
 
 def read_token() -> str | None:
     """The bearer token from $PARIS_SERVE_TOKEN, or the file $PARIS_SERVE_TOKEN_FILE names."""
-    value = os.environ.get(TOKEN_ENV)
-    path = os.environ.get(TOKEN_FILE_ENV)
+    value = os.environ.get(SERVE_TOKEN_ENV)
+    path = os.environ.get(SERVE_TOKEN_FILE_ENV)
     if not value and path:
         try:
             value = Path(path).read_text().strip()
         except OSError as err:
-            raise ConfigError(f"${TOKEN_FILE_ENV}: cannot read {path}: {err.strerror}") from None
+            raise ConfigError(f"${SERVE_TOKEN_FILE_ENV}: cannot read {path}: {err.strerror}") from None
         if not value:
-            raise ConfigError(f"${TOKEN_FILE_ENV}: {path} is empty")
+            raise ConfigError(f"${SERVE_TOKEN_FILE_ENV}: {path} is empty")
     return value.strip() if value else None
 
 
