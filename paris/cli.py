@@ -172,7 +172,7 @@ def serve(
     port: Annotated[int, typer.Option(envvar="PORT", min=1, max=65535, help="Listen port (env PORT)")] = 8000,
     host: Annotated[str, typer.Option(help="Listen address")] = "0.0.0.0",
 ) -> None:
-    """Serve the published pipeline over HTTP: POST /v1/generate, /healthz, /readyz, /metrics."""
+    """Serve the published pipeline: the OpenAI images API, /v1/generate, a playground page at /, probes, metrics."""
     from paris.router.server import serve as run_server
 
     cfg = load_config(config)

@@ -55,6 +55,37 @@ Routing = Annotated[
 
 
 # --------------------------------------------------------------------------------------
+# Sampling bounds, shared by the YAML config, the CRDs and every HTTP request model
+# --------------------------------------------------------------------------------------
+
+Steps = Annotated[int, Field(ge=1, le=1000, description="Sampling steps")]
+Guidance = Annotated[float, Field(ge=0, le=50, description="Classifier-free guidance scale per expert")]
+Seed = Annotated[int, Field(ge=0, le=2**32 - 1, description="Noise seed")]
+ImagesPerPrompt = Annotated[int, Field(ge=1, le=256, description="Images per prompt (offline sampling)")]
+# One HTTP request is one share of a pipeline call: far fewer images than an offline grid.
+ImagesPerRequest = Annotated[int, Field(ge=1, le=16, description="Images in one HTTP request")]
+ImageSide = Annotated[int, Field(ge=8, le=1024, description="Output pixels per side")]
+
+
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")  # tab, LF and CR are fine
+
+
+def _has_text(prompt: str) -> str:
+    if not prompt.strip():
+        raise ValueError("the prompt is blank")
+    try:
+        prompt.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("the prompt is not valid Unicode text (a lone surrogate)") from None
+    if _CONTROL.search(prompt):
+        raise ValueError("the prompt contains control characters")
+    return prompt
+
+
+Prompt = Annotated[str, Field(min_length=1, max_length=1000), AfterValidator(_has_text)]
+
+
+# --------------------------------------------------------------------------------------
 # Storage
 # --------------------------------------------------------------------------------------
 
@@ -136,6 +167,7 @@ class DataConfig(_Model):
 # --------------------------------------------------------------------------------------
 
 Preset = Literal["tiny", "S", "B", "L", "XL"]
+Precision = Literal["auto", "no", "bf16", "fp16"]
 
 # (hidden size, depth, heads) — DiT-S/B/L/XL; tiny is ours (~1M parameters at the digits' size).
 PRESETS: dict[str, tuple[int, int, int]] = {
@@ -209,7 +241,7 @@ class TrainConfig(_Model):
     logit_mean: float = 0.0
     logit_std: float = Field(1.0, gt=0)
     mode_scale: float = 1.29
-    mixed_precision: Literal["auto", "no", "bf16", "fp16"] = Field(
+    mixed_precision: Precision = Field(
         "auto", description="auto: bf16 where the device runs it fast (CUDA with bf16, CPU with AMX)"
     )
     device: str = Field("auto", pattern=DEVICE_PATTERN, description="auto, cpu, cuda, cuda:N or mps")
@@ -232,8 +264,8 @@ DEFAULT_ROUTING = "top2"  # `paris generate` and the endpoint, when no mode is a
 
 
 class SampleConfig(_Model):
-    steps: int = Field(20, ge=1, le=1000)
-    guidance: float = Field(3.0, ge=0, le=50, description="Classifier-free guidance scale per expert")
+    steps: Steps = 20
+    guidance: Guidance = 3.0
     shift: float = Field(1.0, gt=0, description="FlowMatchEulerDiscreteScheduler shift")
     guidance_routing: Literal["shared", "separate"] = Field(
         "shared",
@@ -242,9 +274,31 @@ class SampleConfig(_Model):
     )
     routing: list[Routing] = Field(default_factory=lambda: ["top1", "top2", "full"])
     prompts: list[str] | None = Field(None, description="Default: one prompt per digit for digits")
-    per_prompt: int = Field(8, ge=1, le=256)
+    per_prompt: ImagesPerPrompt = 8
     seed: int = 0
     device: str = Field("auto", pattern=DEVICE_PATTERN, description="auto, cpu, cuda, cuda:N or mps")
+
+
+SERVE_TOKEN_ENV = "PARIS_SERVE_TOKEN"  # `paris serve`'s bearer token (a Secret key, on Kubernetes)
+SERVE_TOKEN_FILE_ENV = "PARIS_SERVE_TOKEN_FILE"  # or a file that holds it
+
+
+class ServeConfig(_Model):
+    """`paris serve`: batching, backpressure and limits. The bearer token is never here: it
+    comes from $PARIS_SERVE_TOKEN or the file named by $PARIS_SERVE_TOKEN_FILE (a Secret)."""
+
+    max_batch: int = Field(
+        16, ge=1, le=256, description="Images per pipeline call across requests; 1 turns batching off"
+    )
+    max_wait_ms: float = Field(
+        30.0, ge=0, le=1000, description="How long the first request of a batch waits for others to join"
+    )
+    max_queue: int = Field(32, ge=1, le=4096, description="Requests waiting for the pipeline; more get 429")
+    timeout_s: float = Field(120.0, gt=0, le=3600, description="Per request, queueing included; then 504")
+    max_body_bytes: int = Field(65536, ge=1024, le=16 * 2**20, description="Larger request bodies get 413")
+    precision: Precision = Field(
+        "auto", description="auto: bf16 where the device runs it fast (CUDA with bf16, CPU with AMX), else fp32"
+    )
 
 
 class RunConfig(_Model):
@@ -258,6 +312,7 @@ class RunConfig(_Model):
     router: RouterConfig = Field(default_factory=RouterConfig)
     sample: SampleConfig = Field(default_factory=SampleConfig)
     parallel: int = Field(2, ge=1, description="`paris run`: experts trained at once (one process each)")
+    serve: ServeConfig = Field(default_factory=ServeConfig)
 
     @model_validator(mode="after")
     def _patches_fit(self) -> RunConfig:
@@ -477,16 +532,33 @@ class ExpertSelector(_Model):
         return self
 
 
+class SecretKey(_Model):
+    """One key of a Secret in the resource's namespace."""
+
+    secret_name: str = Field(alias="secretName", pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
+    key: str = Field("token", min_length=1, pattern=r"^[-._a-zA-Z0-9]+$")
+
+
 class InferenceSpec(PodPlacement):
     """The generation endpoint: a Deployment + Service running `paris serve`."""
 
     replicas: int = Field(1, ge=0, le=64)
     routing: Routing = DEFAULT_ROUTING
-    steps: int = Field(20, ge=1, le=1000, description="Default sampling steps")
-    guidance: float = Field(3.0, ge=0, le=50, description="Default classifier-free guidance")
+    steps: Steps = Field(20, description="Default sampling steps")
+    guidance: Guidance = Field(3.0, description="Default classifier-free guidance")
     shift: float = Field(1.0, gt=0, description="FlowMatchEulerDiscreteScheduler shift")
     port: int = Field(8000, ge=1024, le=65535, description="Container port")
     service_type: Literal["ClusterIP", "NodePort", "LoadBalancer"] = Field("ClusterIP", alias="serviceType")
+    auth: SecretKey | None = Field(
+        None, description="Require `Authorization: Bearer <token>`; the token is this Secret key (default key: token)"
+    )
+    storage_secret_name: str | None = Field(
+        None,
+        alias="storageSecretName",
+        pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$",
+        description="A read-only storage credential for the serve pods (same keys as storage); default: storage's",
+    )
+    serve: ServeConfig = Field(default_factory=ServeConfig, description="Batching, queue, timeout, body limit")
 
 
 class ParisRouterSpec(BatchJobOptions, PodPlacement):
@@ -520,6 +592,11 @@ class OperatorSettings(_Model):
     trainer_image: str = Field("ghcr.io/paris-dev/paris-trainer:0.1.0", alias="trainerImage")
     s3_endpoint: str | None = Field(None, alias="s3Endpoint", description="Default storage.endpoint")
     credentials_secret: str = Field("paris-s3", alias="credentialsSecret", description="Default storage.secretName")
+    serve_credentials_secret: str | None = Field(
+        None,
+        alias="serveCredentialsSecret",
+        description="Default inference.storageSecretName: a read-only store credential for the serve pods",
+    )
     pool_label: str = Field("pool", alias="poolLabel", description="Node label that names a pool")
     pools: dict[str, PoolDefaults] = Field(default_factory=dict)
     poll_seconds: float = Field(10.0, alias="pollSeconds", ge=0.5, le=3600, description="Progress poll period")
@@ -544,11 +621,59 @@ class OperatorSettings(_Model):
 class GenerateRequest(_Model):
     """POST /v1/generate. Unset fields take the server's defaults (the ParisRouter's inference)."""
 
-    prompt: str = Field(min_length=1, max_length=500)
-    steps: int | None = Field(None, ge=1, le=200)
-    guidance: float | None = Field(None, ge=0, le=50)
+    prompt: Prompt
+    steps: Steps | None = None
+    guidance: Guidance | None = None
     routing: Routing | None = None
-    seed: int | None = Field(None, ge=0, le=2**32 - 1)
-    count: int = Field(1, ge=1, le=16, description="Images; more than one come back as a grid (PNG)")
-    size: int | None = Field(None, ge=8, le=1024, description="Output pixels per side (default: native)")
+    seed: Seed | None = None
+    count: ImagesPerRequest = Field(1, description="Images; more than one come back as a grid (PNG)")
+    size: ImageSide | None = Field(None, description="Output pixels per side (default: native)")
     format: Literal["png", "json"] | None = Field(None, description="Default: from Accept, else png")
+
+
+def _image_size(size: str) -> str:
+    if size == "auto":
+        return size
+    w, h = (int(v) for v in size.split("x"))
+    if w != h:
+        raise ValueError(f"size {size} is not square: the model makes square images (e.g. 256x256)")
+    if not 8 <= w <= 1024:
+        raise ValueError(f"size {size} is out of range: 8x8 to 1024x1024")
+    return size
+
+
+def _no_url(fmt: str | None) -> str | None:
+    if fmt == "url":
+        # Replicas share no image store, so a URL from one pod would 404 on another.
+        raise ValueError("response_format url is not served: ask for b64_json")
+    return fmt
+
+
+class ImagesRequest(_Model):
+    """POST /v1/images/generations: the OpenAI images API.
+
+    `seed`, `num_inference_steps`, `guidance_scale` and `routing` are the extension fields that
+    other open image servers accept too; `routing_trace` adds the per-step routing weights.
+    quality, style, background, moderation, user and safety_identifier are accepted and ignored,
+    so stock clients work; any other field is refused, so a misspelt extension is not silently lost.
+    """
+
+    prompt: Prompt
+    model: str | None = Field(None, max_length=200, description="The served model's name, or paris")
+    n: ImagesPerRequest = 1
+    size: Annotated[str, Field(pattern=r"^(auto|[0-9]{1,5}x[0-9]{1,5})$"), AfterValidator(_image_size)] | None = None
+    response_format: Annotated[Literal["b64_json", "url"], AfterValidator(_no_url)] | None = None
+    output_format: Literal["png", "jpeg", "webp"] | None = None
+    output_compression: int | None = Field(None, ge=0, le=100, description="jpeg/webp quality")
+    stream: Literal[False] | None = Field(None, description="Streaming partial images is not supported")
+    quality: str | None = Field(None, max_length=32)
+    style: str | None = Field(None, max_length=32)
+    background: Literal["auto", "opaque"] | None = None
+    moderation: str | None = Field(None, max_length=32)
+    user: str | None = Field(None, max_length=256)
+    safety_identifier: str | None = Field(None, max_length=256)
+    seed: Seed | None = None
+    num_inference_steps: Steps | None = None
+    guidance_scale: Guidance | None = None
+    routing: Routing | None = None
+    routing_trace: bool = Field(False, description="Also return each image's routing weights at every step")

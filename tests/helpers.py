@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -69,3 +71,52 @@ def paris_cli(*args: str, cwd: Path | None = None, env: dict[str, str] | None = 
         [sys.executable, "-m", "paris", *args], capture_output=True, text=True, cwd=cwd,
         env={**os.environ, **(env or {})}, timeout=timeout,
     )
+
+
+@contextlib.contextmanager
+def serving(app: Any, timeout: float = 60.0) -> Iterator[str]:
+    """Run an ASGI app under a real uvicorn server on a loopback port (in a thread); yields
+    its base URL and stops the server on exit."""
+    import socket
+    import threading
+
+    import uvicorn
+
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name="uvicorn", daemon=True)
+    thread.start()
+    try:
+        eventually(lambda: server.started, timeout, "uvicorn to start", interval=0.05)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout)
+        sock.close()
+
+
+class Recording:
+    """The real pipeline, plus a record of every call and an optional gate that holds calls."""
+
+    def __init__(self, pipe: Any) -> None:
+        self.pipe = pipe
+        self.calls: list[dict[str, Any]] = []
+        self.gate: threading.Event | None = None
+        self.entered = threading.Event()
+        self.fail: Exception | None = None
+
+    def __getattr__(self, name: str) -> Any:  # router, device, components: the real pipeline's
+        return getattr(self.pipe, name)
+
+    def __call__(self, prompts: list[str], **kw: Any) -> Any:
+        gen = kw.get("generator")
+        self.calls.append({"prompts": list(prompts), "seed": gen.initial_seed() if gen is not None else None, **kw})
+        self.entered.set()
+        if self.gate is not None:
+            assert self.gate.wait(120), "the test never opened the gate"
+        if self.fail is not None:
+            raise self.fail
+        return self.pipe(prompts, **kw)

@@ -19,6 +19,7 @@ import yaml
 from paris.config import (
     API_GROUP,
     KUEUE_QUEUE_LABEL,
+    SERVE_TOKEN_ENV,
     BatchJobOptions,
     OperatorSettings,
     ParisExpertSpec,
@@ -27,6 +28,7 @@ from paris.config import (
     RunConfig,
     S3Storage,
     SampleConfig,
+    SecretKey,
     StorageConfig,
 )
 
@@ -188,15 +190,30 @@ def config_yaml(cfg: RunConfig) -> str:
     return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=True)
 
 
+# The root filesystem is read-only: the one writable place is an emptyDir at /tmp (downloads,
+# checkpoints before upload), and the libraries' caches are pointed into it.
+SCRATCH = "/tmp"
+SCRATCH_ENV = {"XDG_CACHE_HOME": f"{SCRATCH}/.cache", "HF_HOME": f"{SCRATCH}/huggingface"}
+
+
 def pod_env(
-    cfg: RunConfig, storage: S3Storage, settings: OperatorSettings, **extra: str
+    cfg: RunConfig,
+    storage: S3Storage,
+    settings: OperatorSettings,
+    secrets: Mapping[str, SecretKey] | None = None,
+    **extra: str,
 ) -> list[dict[str, Any]]:
     """Every paris pod's environment: its config, the store (credentials by reference only),
-    unbuffered output for `kubectl logs`, and the container's own `extra` variables."""
+    caches in the scratch volume, unbuffered output for `kubectl logs`, and the container's own
+    `extra` variables and `secrets` (env name -> Secret key, by reference)."""
     return [
         {"name": "PARIS_CONFIG", "value": config_yaml(cfg)},
         *storage_env(storage, settings),
-        *({"name": k, "value": v} for k, v in extra.items()),
+        *({"name": k, "value": v} for k, v in {**SCRATCH_ENV, **extra}.items()),
+        *(
+            {"name": k, "valueFrom": {"secretKeyRef": {"name": ref.secret_name, "key": ref.key}}}
+            for k, ref in (secrets or {}).items()
+        ),
         {"name": "PYTHONUNBUFFERED", "value": "1"},
     ]
 
@@ -212,7 +229,12 @@ def pod_spec(
         "image": spec.image or settings.trainer_image,
         "imagePullPolicy": spec.image_pull_policy,
         "resources": where.pop("resources"),
-        "securityContext": {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}},
+        "securityContext": {
+            "allowPrivilegeEscalation": False,
+            "capabilities": {"drop": ["ALL"]},
+            "readOnlyRootFilesystem": True,
+        },
+        "volumeMounts": [{"name": "scratch", "mountPath": SCRATCH}],
         **container,
     }
     return {
@@ -220,8 +242,14 @@ def pod_spec(
         # Trainers and servers only talk to the object store: no API token in the pod.
         "automountServiceAccountToken": False,
         "enableServiceLinks": False,
-        "securityContext": {"runAsNonRoot": True, "runAsUser": TRAINER_UID, "runAsGroup": TRAINER_UID},
+        "securityContext": {
+            "runAsNonRoot": True,
+            "runAsUser": TRAINER_UID,
+            "runAsGroup": TRAINER_UID,
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
         "containers": [c],
+        "volumes": [{"name": "scratch", "emptyDir": {}}],
         **where,
     }
 
@@ -310,6 +338,7 @@ def router_run_config(spec: ParisRouterSpec, settings: OperatorSettings) -> RunC
         data=spec.data,
         router=spec.router,
         sample=SampleConfig(steps=inf.steps, guidance=inf.guidance, shift=inf.shift, routing=[inf.routing]),
+        serve=inf.serve,
     )
 
 
@@ -344,10 +373,14 @@ def build_serve_deployment(
     `pipeline` names the training that produced the weights: a new one rolls the pods."""
     inf = spec.inference
     lbls = labels(body, "serve", spec.model)
+    # Serving only reads the store: a read-only credential when one is named.
+    read_only = inf.storage_secret_name or settings.serve_credentials_secret
+    storage = spec.storage.model_copy(update={"secret_name": read_only}) if read_only else spec.storage
+    token = {SERVE_TOKEN_ENV: inf.auth} if inf.auth else None
     container = {
         "name": "serve",
         "command": ["paris", "serve"],
-        "env": pod_env(router_run_config(spec, settings), spec.storage, settings, PORT=str(inf.port)),
+        "env": pod_env(router_run_config(spec, settings), storage, settings, token, PORT=str(inf.port)),
         "ports": [{"name": "http", "containerPort": inf.port, "protocol": "TCP"}],
         "readinessProbe": {"httpGet": {"path": "/readyz", "port": "http"}, "periodSeconds": 5, "failureThreshold": 3},
         "livenessProbe": {

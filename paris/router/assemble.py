@@ -7,7 +7,7 @@ from pathlib import Path
 
 from diffusers import FlowMatchEulerDiscreteScheduler, PixArtTransformer2DModel
 
-from paris.config import RunConfig
+from paris.config import ExpertModelConfig, RouterModelConfig, RunConfig
 from paris.data.encoders import minilm_path
 from paris.data.shards import load_manifest
 from paris.errors import ParisError
@@ -73,3 +73,47 @@ def load_pipeline(store: Store, model: str, local: Path) -> ParisPipeline:
         raise ParisError(f"no pipeline at {store.uri(prefix)}: run `paris train router` (or `paris run`) first")
     store.download_dir(prefix, local)
     return ParisPipeline.from_pretrained(local)
+
+
+def random_pipeline(
+    experts: int = 3,
+    expert: ExpertModelConfig | None = None,
+    router: RouterModelConfig | None = None,
+    latent: dict[str, int] | None = None,
+    text_max_length: int = 12,
+    seed: int = 0,
+) -> ParisPipeline:
+    """Untrained experts and router with the real architecture and the real text encoder.
+
+    For measuring and testing serving, where what the weights compute matters but not how
+    well: the output projections are randomized (DiT zero-initializes them, which would make
+    every velocity 0 and every image the same)."""
+    import torch
+    from transformers import AutoModel, AutoTokenizer
+
+    from paris.router.model import build_router
+    from paris.trainer.model import build_expert
+
+    torch.manual_seed(seed)
+    expert = expert or ExpertModelConfig(hidden_size=32, depth=1, heads=2)
+    router = router or RouterModelConfig(hidden_size=32, depth=1, heads=2, condition_on_text=True)
+    latent = latent or {"size": 8, "channels": 1}
+    text_encoder = AutoModel.from_pretrained(minilm_path(), local_files_only=True).eval()
+    text_dim = int(text_encoder.config.hidden_size)
+    parts = {f"expert_{i}": build_expert(expert, latent, text_dim) for i in range(experts)}
+    for e in parts.values():
+        torch.nn.init.normal_(e.proj_out.weight, std=0.5)
+    r = build_router(router, experts, latent, text_dim)
+    last = r.head[-1]
+    assert isinstance(last, torch.nn.Linear)
+    torch.nn.init.normal_(last.weight, std=0.5)
+    pipe = ParisPipeline(
+        router=r,
+        scheduler=FlowMatchEulerDiscreteScheduler(),
+        text_encoder=text_encoder,
+        tokenizer=AutoTokenizer.from_pretrained(minilm_path(), local_files_only=True),
+        text_max_length=text_max_length,
+        **parts,
+    )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe

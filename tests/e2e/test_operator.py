@@ -12,15 +12,18 @@ import io
 import json
 import os
 import re
+import secrets
 import signal
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import openai
 import pytest
 import yaml
 from kubernetes.client.exceptions import ApiException
@@ -165,6 +168,11 @@ def list_cr(cluster: Cluster, ns: str, plural: str) -> list[dict[str, Any]]:
     return list(custom(cluster).list_namespaced_custom_object(GROUP, VERSION, ns, plural)["items"])
 
 
+TOKEN = "e2e-" + secrets.token_hex(8)
+JSON = {"Content-Type": "application/json"}
+AUTH = {**JSON, "Authorization": f"Bearer {TOKEN}"}
+
+
 def apply(cluster: Cluster, ns: str, docs: list[dict[str, Any]]) -> subprocess.CompletedProcess[str]:
     text = "---\n".join(yaml.safe_dump(d) for d in docs)
     return cluster.kubectl("apply", "-n", ns, "-f", "-", input=text, check=False)
@@ -223,6 +231,25 @@ def create_secret(cluster: Cluster, ns: str, minio: MinioServer, name: str = "pa
             "metadata": {"name": name},
             "stringData": {"AWS_ACCESS_KEY_ID": minio.access_key, "AWS_SECRET_ACCESS_KEY": minio.secret_key},
         },
+    )
+
+
+def create_read_only_secret(cluster: Cluster, ns: str, minio: MinioServer, bucket: str, name: str) -> None:
+    """A MinIO user with the built-in readonly policy, in a Secret with the usual keys."""
+    from minio import Minio, MinioAdmin
+    from minio.credentials import StaticProvider
+    from minio.error import S3Error
+
+    user, key = "reader-" + secrets.token_hex(3), secrets.token_urlsafe(24)
+    admin = MinioAdmin(endpoint=minio.endpoint, credentials=StaticProvider(minio.access_key, minio.secret_key),
+                       secure=False)
+    admin.user_add(user, key)
+    admin.attach_policy(["readonly"], user=user)
+    reader = Minio(minio.endpoint, access_key=user, secret_key=key, secure=False)
+    with pytest.raises(S3Error, match="Access Denied"):
+        reader.put_object(bucket, "probe", io.BytesIO(b"x"), 1)
+    cluster.core().create_namespaced_secret(
+        ns, {"metadata": {"name": name}, "stringData": {"AWS_ACCESS_KEY_ID": user, "AWS_SECRET_ACCESS_KEY": key}}
     )
 
 
@@ -404,8 +431,13 @@ def test_digits_run_from_manifests_to_png(
     assert proc.argv == ["paris", "train", "expert", "--cluster", "5"]
     assert minio_server.secret_key not in json.dumps(pod.to_dict(), default=str)
 
-    # The router trains, publishes the pipeline and rolls out the endpoint.
-    res = apply(cluster, ns, [example_router(bucket)])
+    # The router trains, publishes the pipeline and rolls out the endpoint: behind a bearer
+    # token, reading the store with a read-only MinIO user.
+    create_read_only_secret(cluster, ns, minio_server, bucket, "paris-s3-read")
+    cluster.core().create_namespaced_secret(ns, {"metadata": {"name": "digits-token"}, "stringData": {"token": TOKEN}})
+    router = example_router(bucket)
+    router["spec"]["inference"].update(auth={"secretName": "digits-token"}, storageSecretName="paris-s3-read")
+    res = apply(cluster, ns, [router])
     assert res.returncode == 0, res.stderr
 
     def ready() -> dict[str, Any] | None:
@@ -429,23 +461,47 @@ def test_digits_run_from_manifests_to_png(
     assert out.split("\n")[0].split() == ["NAME", "MODEL", "EXPERTS", "PHASE", "ENDPOINT", "AGE"]
     assert "8/8" in out and "Ready" in out
 
-    # A generated PNG from the endpoint.
+    # The serve pod reads the store with the read-only user, and gets the token by reference.
+    serve_pod = cluster.core().list_namespaced_pod(ns, label_selector="app.kubernetes.io/component=serve").items[0]
+    env = {e.name: e for e in serve_pod.spec.containers[0].env}
+    assert env["AWS_ACCESS_KEY_ID"].value_from.secret_key_ref.name == "paris-s3-read"
+    assert env["PARIS_SERVE_TOKEN"].value_from.secret_key_ref.name == "digits-token" and TOKEN not in str(env)
+    assert serve_pod.spec.security_context.seccomp_profile.type == "RuntimeDefault"
+    assert serve_pod.spec.containers[0].security_context.read_only_root_filesystem is True
+
+    # The OpenAI images route and the playground page, and no image without the token.
     url = pod_runner.url_for_selector("app.kubernetes.io/instance=digits,app.kubernetes.io/component=serve", ns)
+    anonymous = openai.OpenAI(base_url=f"{url}/v1", api_key="not-the-token", max_retries=0)
+    with pytest.raises(openai.AuthenticationError):
+        anonymous.images.generate(prompt="a handwritten digit seven")
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(urllib.request.Request(f"{url}/v1/generate", b'{"prompt": "p"}', JSON), timeout=60)
+    assert refused.value.code == 401
+    client = openai.OpenAI(base_url=f"{url}/v1", api_key=TOKEN, max_retries=0, timeout=300)
+    images = client.images.generate(model="digits", prompt="a handwritten digit seven", n=2, size="32x32",
+                                    extra_body={"num_inference_steps": 4, "seed": 3, "routing": "top2"})
+    assert images.data is not None and len(images.data) == 2
+    assert Image.open(io.BytesIO(base64.b64decode(images.data[0].b64_json or ""))).size == (32, 32)
+    assert len((images.data[0].model_extra or {})["expert_usage"]) == 8
+    with urllib.request.urlopen(f"{url}/", timeout=30) as r:
+        assert "paris playground" in r.read().decode()
+
+    # A generated PNG from the endpoint.
     body = json.dumps({"prompt": "a handwritten digit seven", "count": 4, "size": 32, "steps": 4, "seed": 1})
-    req = urllib.request.Request(f"{url}/v1/generate", body.encode(), {"Content-Type": "application/json"})
+    req = urllib.request.Request(f"{url}/v1/generate", body.encode(), AUTH)
     with urllib.request.urlopen(req, timeout=300) as r:
         assert r.headers["Content-Type"] == "image/png"
         png = r.read()
     image = Image.open(io.BytesIO(png))
     assert image.format == "PNG" and image.size[0] > 4 * 32
     one = json.dumps({"prompt": "a handwritten digit two", "format": "json", "routing": "top1", "steps": 4})
-    req = urllib.request.Request(f"{url}/v1/generate", one.encode(), {"Content-Type": "application/json"})
+    req = urllib.request.Request(f"{url}/v1/generate", one.encode(), AUTH)
     with urllib.request.urlopen(req, timeout=300) as r:
         answer = json.loads(r.read())
     assert Image.open(io.BytesIO(base64.b64decode(answer["images"][0]))).size == (8, 8)
     assert answer["routing"] == "top1" and len(answer["usage"]) == 8
     with urllib.request.urlopen(f"{url}/metrics", timeout=30) as r:
-        assert "paris_images_generated_total 5" in r.read().decode()
+        assert "paris_images_generated_total 7.0" in r.read().decode()
 
     # A spec change is a new generation: an inference-only change rolls the Deployment, with
     # no new router training.
@@ -460,9 +516,7 @@ def test_digits_run_from_manifests_to_png(
     eventually(rolled_out, 600, "generation 2 to roll out", debug)
     assert {j.metadata.name for j in cluster.batch().list_namespaced_job(ns).items} == train_jobs
     url = pod_runner.url_for_selector("app.kubernetes.io/instance=digits,app.kubernetes.io/component=serve", ns)
-    req = urllib.request.Request(
-        f"{url}/v1/generate", b'{"prompt": "a digit", "steps": 2}', {"Content-Type": "application/json"}
-    )
+    req = urllib.request.Request(f"{url}/v1/generate", b'{"prompt": "a digit", "steps": 2}', AUTH)
     with urllib.request.urlopen(req, timeout=300) as r:
         assert r.headers["X-Paris-Routing"] == "top1", "the new default from generation 2"
 

@@ -221,3 +221,35 @@ def test_finished_jobs_are_cleaned_up_after_a_day_by_default() -> None:
     assert settings_of(render()).ttl_seconds_after_finished == 86400
     assert settings_of(render("ttlSecondsAfterFinished=600")).ttl_seconds_after_finished == 600
     assert settings_of(render("ttlSecondsAfterFinished=null")).ttl_seconds_after_finished is None
+
+
+def test_no_network_policy_unless_asked() -> None:
+    assert not by_kind(render(), "NetworkPolicy")
+
+
+def test_the_network_policy_admits_only_the_operators_namespace_and_the_listed_clients() -> None:
+    docs = render("networkPolicy.enabled=true", "networkPolicy.namespaces={team-a,team-b}",
+                  "networkPolicy.clients[0].namespaceSelector.matchLabels.team=web",
+                  "networkPolicy.clients[1].ipBlock.cidr=10.1.0.0/16")
+    policies = {d["metadata"]["namespace"]: d["spec"] for d in by_kind(docs, "NetworkPolicy")}
+    assert set(policies) == {"team-a", "team-b"}
+    spec = policies["team-a"]
+    assert spec["podSelector"]["matchLabels"] == {"app.kubernetes.io/name": "paris",
+                                                  "app.kubernetes.io/component": "serve",
+                                                  "app.kubernetes.io/managed-by": "paris-operator"}
+    assert spec["policyTypes"] == ["Ingress"] and len(spec["ingress"]) == 1
+    rule = spec["ingress"][0]
+    assert rule["from"] == [
+        {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "paris-system"}}},
+        {"namespaceSelector": {"matchLabels": {"team": "web"}}},
+        {"ipBlock": {"cidr": "10.1.0.0/16"}},
+    ]
+    assert rule["ports"] == [{"protocol": "TCP", "port": "http"}]
+    (default,) = by_kind(render("networkPolicy.enabled=true"), "NetworkPolicy")
+    assert default["metadata"]["namespace"] == "paris-system"
+
+
+def test_serve_pods_can_get_a_read_only_credential_by_default() -> None:
+    assert settings_of(render()).serve_credentials_secret is None
+    settings = settings_of(render("storage.serveCredentialsSecret=paris-s3-read"))
+    assert settings.serve_credentials_secret == "paris-s3-read"

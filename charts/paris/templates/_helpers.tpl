@@ -77,6 +77,9 @@ true
 trainerImage: {{ printf "%s:%s" .Values.trainerImage.repository (default .Chart.AppVersion .Values.trainerImage.tag) | quote }}
 s3Endpoint: {{ include "paris.s3Endpoint" . | quote }}
 credentialsSecret: {{ include "paris.credentialsSecret" . | quote }}
+{{- with .Values.storage.serveCredentialsSecret }}
+serveCredentialsSecret: {{ . | quote }}
+{{- end }}
 poolLabel: {{ .Values.pools.label | quote }}
 pollSeconds: {{ .Values.pollSeconds }}
 ttlSecondsAfterFinished: {{ if kindIs "invalid" .Values.ttlSecondsAfterFinished }}null{{ else }}{{ int .Values.ttlSecondsAfterFinished }}{{ end }}

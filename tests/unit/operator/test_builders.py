@@ -276,3 +276,51 @@ def test_finished_jobs_get_the_resources_ttl_else_the_operators(settings: Operat
     assert rjob["spec"]["ttlSecondsAfterFinished"] == 120
     hashes = {j["metadata"]["annotations"][builders.SPEC_HASH] for j in (own, _expert_job(settings))}
     assert len(hashes) == 1, "a new cleanup time must not restart a training"
+
+
+def _pods(settings: OperatorSettings, **router_spec: Any) -> dict[str, dict[str, Any]]:
+    rb = router_body(**router_spec)
+    rspec = ParisRouterSpec.model_validate(rb["spec"])
+    return {
+        "expert": _expert_job(settings)["spec"]["template"]["spec"],
+        "router": builders.build_router_job(rb, rspec, settings)["spec"]["template"]["spec"],
+        "serve": builders.build_serve_deployment(rb, rspec, settings, "p")["spec"]["template"]["spec"],
+    }
+
+
+def test_every_paris_pod_runs_under_runtime_default_seccomp_with_a_read_only_root(settings: OperatorSettings) -> None:
+    for what, pod in _pods(settings).items():
+        c = pod["containers"][0]
+        assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}, what
+        assert c["securityContext"]["readOnlyRootFilesystem"] is True, what
+        scratch = {v["name"]: v for v in pod["volumes"]}[c["volumeMounts"][0]["name"]]
+        assert scratch == {"name": "scratch", "emptyDir": {}} and c["volumeMounts"][0]["mountPath"] == "/tmp", what
+        env = _env(c)
+        assert all(env[k]["value"].startswith("/tmp/") for k in ("XDG_CACHE_HOME", "HF_HOME")), "caches in scratch"
+
+
+def test_serve_pods_read_the_store_with_the_read_only_credential_when_one_is_named(settings: OperatorSettings) -> None:
+    def creds(pod: dict[str, Any]) -> set[str]:
+        env = _env(pod["containers"][0])
+        return {env[k]["valueFrom"]["secretKeyRef"]["name"] for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")}
+
+    trainers = creds(_pods(settings)["router"])
+    assert creds(_pods(settings)["serve"]) == trainers, "no read-only credential named: the same one"
+    pods = _pods(settings, inference={"storageSecretName": "paris-s3-read"})
+    assert creds(pods["serve"]) == {"paris-s3-read"} and creds(pods["router"]) == trainers
+    assert creds(pods["expert"]) != {"paris-s3-read"}
+    default = settings.model_copy(update={"serve_credentials_secret": "cluster-read-only"})
+    assert creds(_pods(default)["serve"]) == {"cluster-read-only"} and creds(_pods(default)["router"]) == trainers
+    assert creds(_pods(default, inference={"storageSecretName": "mine"})["serve"]) == {"mine"}, "the spec wins"
+
+
+def test_auth_puts_the_token_in_the_serve_pod_by_secret_reference_only(settings: OperatorSettings) -> None:
+    assert "PARIS_SERVE_TOKEN" not in _env(_pods(settings)["serve"]["containers"][0]), "auth is off by default"
+    pods = _pods(settings, inference={"auth": {"secretName": "digits-token"}})
+    token = _env(pods["serve"]["containers"][0])["PARIS_SERVE_TOKEN"]
+    assert token["valueFrom"] == {"secretKeyRef": {"name": "digits-token", "key": "token"}} and "value" not in token
+    assert all("PARIS_SERVE_TOKEN" not in _env(pods[w]["containers"][0]) for w in ("expert", "router"))
+    pods = _pods(settings, inference={"auth": {"secretName": "t", "key": "api-key"}, "serve": {"max_queue": 7}})
+    serve = pods["serve"]["containers"][0]
+    assert _env(serve)["PARIS_SERVE_TOKEN"]["valueFrom"]["secretKeyRef"]["key"] == "api-key"
+    assert parse_config(yaml.safe_load(_env(serve)["PARIS_CONFIG"]["value"])).serve.max_queue == 7
