@@ -87,9 +87,11 @@ class TextEncoderConfig(_Model):
     kind: Literal["minilm", "open_clip"] = Field(
         "minilm", description="minilm: all-MiniLM-L6-v2 shipped in a pip package (offline); open_clip"
     )
-    model: str = Field("ViT-L-14", description="open_clip architecture name")
+    model: str = Field(
+        "ViT-L-14", description="open_clip: an architecture name open_clip ships, or a local model-config .json"
+    )
     pretrained: str | None = Field(
-        None, description="open_clip: local checkpoint path; None = random init (tests only)"
+        None, description="open_clip: local checkpoint file; None = random init (tests only)"
     )
     max_length: int = Field(77, ge=4, le=512, description="Token states kept per caption")
 
@@ -100,7 +102,13 @@ class FeatureConfig(_Model):
     kind: Literal["pixels", "dinov2", "open_clip"] = Field(
         "pixels", description="pixels: PCA of the downsampled image (offline default)"
     )
-    path: str | None = Field(None, description="dinov2: local transformers model dir")
+    path: str | None = Field(
+        None,
+        description="dinov2: local transformers model dir; open_clip: local checkpoint file (unset: random)",
+    )
+    model: str = Field(
+        "ViT-L-14", description="open_clip: an architecture name open_clip ships, or a local model-config .json"
+    )
     pca_dim: int = Field(32, ge=2, le=1024, description="PCA dimensions before k-means")
 
 

@@ -69,8 +69,13 @@ class Store(ABC):
         keys = self.keys(prefix)
         if not keys:
             raise StorageError(f"nothing stored under {self.uri(prefix)}")
-        for key in keys:
-            dest = Path(local) / key[len(prefix) :]
+        root = Path(local).resolve()
+        dests = {key: (root / key[len(prefix) :]).resolve() for key in keys}
+        for key, dest in dests.items():
+            # A key is data from the store: "a/../../x" or "a//etc/x" must not write outside.
+            if root not in dest.parents:
+                raise StorageError(f"refusing {self.uri(key)}: it would be written outside {root}")
+        for key, dest in dests.items():
             dest.parent.mkdir(parents=True, exist_ok=True)
             dest.write_bytes(self.get_bytes(key))
         return Path(local)

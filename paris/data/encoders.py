@@ -7,6 +7,7 @@ pixels as the clustering feature.
 
 from __future__ import annotations
 
+from functools import cache
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -61,17 +62,45 @@ class HFTextEncoder:
         return out.last_hidden_state.float().cpu(), tok.attention_mask.bool().cpu()
 
 
+def open_clip_model(model: str, pretrained: str | None, device: str | torch.device = "cpu") -> tuple[Any, Any, Any]:
+    """The one loader of open_clip models (text encoder and clustering features): local files only.
+
+    `model` is an architecture open_clip ships a config for, or a local model-config .json (how
+    tests make small models); `pretrained` is a local checkpoint file, or None for random
+    weights. open_clip downloads for a hub tag, an `hf-hub:` name or a Hugging Face text tower
+    or tokenizer, so each of those is refused here instead of failing (or fetching) later.
+    Returns (model, image preprocess, tokenizer)."""
+    import open_clip
+
+    if model.endswith(".json"):
+        if not Path(model).is_file():
+            raise DataError(f"open_clip model config not found: {model}")
+        open_clip.add_model_config(model)
+        name = Path(model).stem
+    elif model in open_clip.list_models():
+        name = model
+    else:
+        raise DataError(
+            f"unknown open_clip model {model!r}: use an architecture open_clip ships (e.g. ViT-L-14) "
+            "or a local model-config .json"
+        )
+    text_cfg = (open_clip.get_model_config(name) or {}).get("text_cfg", {})
+    if text_cfg.get("hf_model_name") or text_cfg.get("hf_tokenizer_name"):
+        raise DataError(f"open_clip model {name!r} needs a Hugging Face download (text tower or tokenizer)")
+    if pretrained is not None and not Path(pretrained).is_file():
+        raise DataError(f"open_clip checkpoint must be a local file, got {pretrained!r} (hub tags are not fetched)")
+    # pretrained=None builds random weights: only for exercising the code path offline.
+    m, _, preprocess = open_clip.create_model_and_transforms(
+        name, pretrained=pretrained, device=device, pretrained_text=False, pretrained_image=False
+    )
+    return m.eval(), preprocess, open_clip.get_tokenizer(name)
+
+
 class OpenClipTextEncoder:
     """open_clip's text tower, keeping every token state (the paper's CLIP ViT-L/14 77x768)."""
 
     def __init__(self, cfg: TextEncoderConfig, device: str = "cpu") -> None:
-        import open_clip
-
-        if cfg.pretrained and not Path(cfg.pretrained).is_file():
-            raise DataError(f"open_clip checkpoint not found: {cfg.pretrained}")
-        # pretrained=None builds random weights: only for exercising the code path offline.
-        self.model = open_clip.create_model(cfg.model, pretrained=cfg.pretrained, device=device).eval()
-        self.tokenizer = open_clip.get_tokenizer(cfg.model)
+        self.model, _, self.tokenizer = open_clip_model(cfg.model, cfg.pretrained, device)
         self.dim = int(self.model.transformer.width)
         self.max_length = min(cfg.max_length, int(self.model.context_length))
         self.device = device
@@ -110,10 +139,23 @@ def images_to_tensor(images: list[Image.Image], size: int, grayscale: bool) -> t
     return x / 127.5 - 1.0
 
 
+@cache
+def _image_processor() -> Any:
+    from diffusers.image_processor import VaeImageProcessor
+
+    return VaeImageProcessor(do_normalize=True)
+
+
+def tensor_to_unit(x: torch.Tensor) -> torch.Tensor:
+    """[N, C, H, W] in [-1, 1] -> the same in [0, 1] (clamped): diffusers' denormalization."""
+    out: torch.Tensor = _image_processor().postprocess(x.detach().float(), output_type="pt")
+    return out
+
+
 def tensor_to_images(x: torch.Tensor) -> list[Image.Image]:
-    """[N, C, H, W] in [-1, 1] -> PIL images."""
-    arr = ((x.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).cpu().numpy()
-    return [Image.fromarray(a[..., 0] if a.shape[-1] == 1 else a) for a in arr]
+    """[N, C, H, W] in [-1, 1] -> PIL images (single-channel ones in mode L)."""
+    images: list[Image.Image] = _image_processor().postprocess(x.detach().float().cpu(), output_type="pil")
+    return images
 
 
 class LatentCodec:
@@ -181,11 +223,11 @@ def image_features(cfg: FeatureConfig, images: list[Image.Image], device: str = 
             inp = proc(images=[im.convert("RGB") for im in images[i : i + 64]], return_tensors="pt").to(device)
             feats.append(model(**inp).last_hidden_state[:, 0].float().cpu())
         return torch.cat(feats).numpy()
-    import open_clip
-
-    model, _, preprocess = open_clip.create_model_and_transforms("ViT-L-14", pretrained=cfg.path, device=device)
+    model, preprocess, _ = open_clip_model(cfg.model, cfg.path, device)
     feats = [
-        model.encode_image(torch.stack([preprocess(im) for im in images[i : i + 64]]).to(device)).float().cpu()
+        model.encode_image(torch.stack([preprocess(im.convert("RGB")) for im in images[i : i + 64]]).to(device))
+        .float()
+        .cpu()
         for i in range(0, len(images), 64)
     ]
     return torch.cat(feats).numpy()

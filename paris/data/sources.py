@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,6 +53,8 @@ def _folder(path: Path) -> list[Sample]:
             file, caption = rec["file"], rec["caption"]
         except (json.JSONDecodeError, KeyError, TypeError):
             raise DataError(f'{captions}:{n}: expected {{"file": ..., "caption": ...}}') from None
+        if not isinstance(file, str) or Path(file).is_absolute() or ".." in Path(file).parts:
+            raise DataError(f"{captions}:{n}: file {file!r} must be a path inside {path} (no absolute paths, no '..')")
         img_path = path / file
         if not img_path.is_file():
             raise DataError(f"{captions}:{n}: image not found: {img_path}")
@@ -66,6 +69,12 @@ def _folder(path: Path) -> list[Sample]:
     return out
 
 
+# Members decoded on read. Anything else is ignored, except formats whose decoding runs code
+# (pickle, torch.load): those make the tar refused, since it may come from anywhere.
+_TEXT_EXTS = ("txt", "caption", "json")
+_UNSAFE_EXTS = ("pyd", "pkl", "pickle", "pth", "pt", "ckpt", "npy", "npz", "mp", "msgpack")
+
+
 def _webdataset(path: Path) -> list[Sample]:
     import webdataset as wds
 
@@ -73,19 +82,27 @@ def _webdataset(path: Path) -> list[Sample]:
     if not tars or not all(t.is_file() for t in tars):
         raise DataError(f"no WebDataset .tar shards at {path}")
     out = []
-    ds = wds.WebDataset([str(t) for t in tars], shardshuffle=False, empty_check=False).decode("pil")
+    # No .decode(): webdataset's default decoders unpickle .pyd/.pkl and torch.load .pth members.
+    ds = wds.WebDataset([str(t) for t in tars], shardshuffle=False, empty_check=False)
     try:
         for rec in ds:
+            where = f"{rec.get('__url__')}: {rec.get('__key__')}"
+            unsafe = sorted(k for k in rec if k.rsplit(".", 1)[-1].lower() in _UNSAFE_EXTS)
+            if unsafe:
+                raise DataError(
+                    f"{where}.{unsafe[0]}: refusing a serialized-object member (only images and text are read)"
+                )
             img_key = next((k for k in _IMAGE_EXTS if k in rec), None)
-            cap_key = next((k for k in ("txt", "caption", "json") if k in rec), None)
+            cap_key = next((k for k in _TEXT_EXTS if k in rec), None)
             if img_key is None or cap_key is None:
-                raise DataError(f"{rec.get('__url__')}: sample {rec.get('__key__')} lacks an image or a caption")
-            caption = rec[cap_key]
-            if isinstance(caption, dict):
-                caption = caption.get("caption", "")
-            if isinstance(caption, bytes):
-                caption = caption.decode()
-            out.append(Sample(rec[img_key].convert("RGB"), str(caption).strip()))
+                raise DataError(f"{where}: sample lacks an image or a caption")
+            caption = rec[cap_key].decode()
+            if cap_key == "json":
+                meta = json.loads(caption)
+                caption = meta.get("caption", "") if isinstance(meta, dict) else ""
+            with Image.open(io.BytesIO(rec[img_key])) as im:
+                image = im.convert("RGB")
+            out.append(Sample(image, str(caption).strip()))
     except (OSError, ValueError) as err:
         raise DataError(f"cannot read WebDataset shards at {path}: {err}") from None
     if not out:

@@ -18,6 +18,7 @@ from paris.config import DataConfig, TextEncoderConfig
 from paris.data.clustering import two_stage_kmeans
 from paris.data.encoders import OpenClipTextEncoder
 from paris.data.sources import load_samples
+from tests import tiny_models
 from tests.helpers import paris_cli, tiny_config, write_config
 
 
@@ -41,25 +42,12 @@ def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def tiny_vae(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from diffusers import AutoencoderKL
-
-    path = tmp_path_factory.mktemp("vae")
-    AutoencoderKL(block_out_channels=(8, 16), down_block_types=("DownEncoderBlock2D",) * 2,
-                  up_block_types=("UpDecoderBlock2D",) * 2, latent_channels=4, norm_num_groups=8,
-                  sample_size=16).save_pretrained(path)
-    return path
+    return tiny_models.tiny_vae(tmp_path_factory.mktemp("vae"))
 
 
 @pytest.fixture(scope="module")
 def tiny_dinov2(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from transformers import BitImageProcessor, Dinov2Config, Dinov2Model
-
-    path = tmp_path_factory.mktemp("dinov2")
-    # transformers types config kwargs loosely: these are Dinov2Config's documented fields.
-    Dinov2Model(Dinov2Config(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
-                             image_size=28, patch_size=14)).save_pretrained(path)  # type: ignore[call-arg]
-    BitImageProcessor(size={"shortest_edge": 28}, crop_size={"height": 28, "width": 28}).save_pretrained(path)
-    return path
+    return tiny_models.tiny_dinov2(tmp_path_factory.mktemp("dinov2"))
 
 
 def test_folder_source_reads_captions_and_rgb(folder: Path) -> None:
