@@ -129,10 +129,35 @@ class DataConfig(_Model):
     max_cluster_fraction: float = Field(
         0.5, gt=0, le=1, description="Warn (or, with balance, cap) above this share of the data"
     )
-    holdout_fraction: float = Field(0.2, ge=0, lt=1, description="Held out for router/eval scoring")
+    holdout_fraction: float = Field(
+        0.2, ge=0, lt=1, description="Share held out for router/eval scoring (decided per sample by a hash of its key)"
+    )
     shard_size: int = Field(4096, ge=1, description="Samples per safetensors shard")
     limit: int | None = Field(None, ge=1, description="Use only the first N samples")
     seed: int = 0
+    # How preparation scales: parts -> work units (indexes) -> batches on a device.
+    part_size: int = Field(
+        1000, ge=1, description="folder, digits: samples per input part (a WebDataset tar is one part)"
+    )
+    indexes: int | None = Field(
+        None, ge=1, le=100_000, description="Work units per stage, each a range of parts; default: one per part"
+    )
+    cluster_sample: int = Field(
+        200_000, ge=1, description="Training samples (a uniform sample) that two-stage k-means is fitted on"
+    )
+    kmeans: Literal["auto", "faiss", "sklearn"] = Field(
+        "auto",
+        description="Fine k-means: auto = scikit-learn KMeans up to 50k samples, then faiss if installed, "
+        "else MiniBatchKMeans",
+    )
+    on_error: Literal["fail", "skip"] = Field(
+        "fail", description="An unreadable image: fail the work unit, or skip it (named in the manifest)"
+    )
+    batch_size: int = Field(64, ge=1, le=65536, description="Images per encoder batch")
+    device: str = Field("auto", description="Encoders' device: auto (CUDA when present), cpu, cuda, cuda:N or mps")
+    mixed_precision: Literal["auto", "no", "bf16", "fp16"] = Field(
+        "auto", description="Encoders' autocast: auto = bf16 where the device runs it fast"
+    )
 
     @property
     def is_grayscale(self) -> bool:
