@@ -248,6 +248,12 @@ class TrainConfig(_Model):
     device: str = Field("auto", pattern=DEVICE_PATTERN, description="auto, cpu, cuda, cuda:N or mps")
     threads: int | None = Field(None, ge=1, description="CPU threads (default: torch's choice)")
     checkpoint_every: int = Field(500, ge=1)
+    keep_checkpoints: int = Field(
+        2, ge=1, le=1000, description="Checkpoints kept; older ones are deleted once latest.json points past them"
+    )
+    window: int = Field(
+        4, ge=1, le=4096, description="Part files of the split held in memory at once (one more window prefetches)"
+    )
     log_every: int = Field(10, ge=1)
     seed: int = 0
 

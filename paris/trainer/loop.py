@@ -68,8 +68,10 @@ def train(
     prefix: str,
     label: str,
     meta: dict[str, Any] | None = None,
+    on_step: Callable[[int], None] | None = None,
 ) -> TrainResult:
-    """Train `model` for cfg.steps optimizer steps, checkpointing to `prefix` in the store."""
+    """Train `model` for cfg.steps optimizer steps, checkpointing to `prefix` in the store.
+    `on_step(step)` runs before each step (the data stream moves its window there)."""
     _no_collectives()
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -139,6 +141,8 @@ def train(
     with bar(label) as progress, attention_backend(device):
         task = progress.add_task(label, total=cfg.steps, completed=start, info="")
         for step in range(start, cfg.steps):
+            if on_step is not None:
+                on_step(step)
             total = torch.zeros((), device=device)
             for micro in range(cfg.grad_accum):
                 g = step_generator(cfg.seed, step, micro)
