@@ -197,6 +197,8 @@ class S3Store(Store):
     """Credentials come from the environment unless given; `read_only` never creates the
     bucket nor writes (the operator reads trainers' progress and must not touch artifacts)."""
 
+    part_size = 64 * 2**20  # multipart upload part (S3's minimum is 5 MiB)
+
     def __init__(
         self,
         bucket: str,
@@ -264,9 +266,9 @@ class S3Store(Store):
     def put_file(self, key: str, path: Path) -> None:
         if self.read_only:
             raise StorageError(f"refusing to write {self.uri(key)}: this store is read-only")
-        # Multipart above 64 MiB: parts stream from the file, and the object appears only when
-        # the upload completes (an aborted one leaves nothing visible).
-        self.client.fput_object(self.bucket, self._key(key), str(path), part_size=64 * 1024 * 1024)
+        # Multipart above part_size: parts stream from the file, and the object appears only
+        # when the upload completes (an aborted one leaves nothing visible).
+        self.client.fput_object(self.bucket, self._key(key), str(path), part_size=self.part_size)
 
     def get_bytes(self, key: str) -> bytes:
         with self.open_read(key) as f:

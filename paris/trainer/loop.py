@@ -133,6 +133,7 @@ def train(
             ema,
             optimizer,
             {"lr_scheduler": lr_sched.state_dict(), "history": history, **(meta or {})},
+            keep=cfg.keep_checkpoints,
         )
 
     t0 = time.time()

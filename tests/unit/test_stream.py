@@ -3,7 +3,6 @@ once per epoch, and a split that fits in one window is read once and sampled uni
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -42,7 +41,8 @@ def test_a_steps_batch_depends_only_on_seed_and_step(parts: tuple[LocalStore, li
     assert len({straight.window_at(s) for s in range(40)}) > 3  # the window did move
     other = ShardStream(store, "ds", infos, samples_per_step=8, window=3, seed=2)
     assert [_rows(other, s) for s in range(40)] != replay
-    straight.close(), resumed.close(), other.close()
+    for s in (straight, resumed, other):
+        s.close()
 
 
 class _Counting:
