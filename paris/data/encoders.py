@@ -100,17 +100,22 @@ def open_clip_model(model: str, pretrained: str | None, device: str | torch.devi
         raise DataError(f"open_clip model {name!r} needs a Hugging Face download (text tower or tokenizer)")
     if pretrained is not None and not Path(pretrained).is_file():
         raise DataError(f"open_clip checkpoint must be a local file, got {pretrained!r} (hub tags are not fetched)")
-    # pretrained=None builds random weights: only for exercising the code path offline.
-    m, _, preprocess = open_clip.create_model_and_transforms(
-        name, pretrained=pretrained, device=device, pretrained_text=False, pretrained_image=False
-    )
+    # pretrained=None builds random weights: only for exercising the code path offline. They
+    # are drawn from a fixed seed, so the pipeline's text encoder (paris.router.text) gets the
+    # same weights that encoded the training captions.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        m, _, preprocess = open_clip.create_model_and_transforms(
+            name, pretrained=pretrained, device=device, pretrained_text=False, pretrained_image=False
+        )
     return m.eval(), preprocess, open_clip.get_tokenizer(name)
 
 
 def open_clip_token_states(model: Any, text: torch.Tensor) -> torch.Tensor:
-    """Every token state of open_clip's text tower [N, L, D]: encode_text pools to one vector,
-    cross-attention needs them all, so run the same layers up to (not including) the pooling."""
-    x = model.token_embedding(text) + model.positional_embedding
+    """Every token state of open_clip's text tower [N, L, D] (`model` is a CLIP or its
+    TextTransformer): encode_text pools to one vector, cross-attention needs them all, so run
+    the same layers up to (not including) the pooling."""
+    x = model.token_embedding(text) + model.positional_embedding.to(model.token_embedding.weight.dtype)
     out: torch.Tensor = model.ln_final(model.transformer(x, attn_mask=model.attn_mask))
     return out
 

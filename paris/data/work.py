@@ -323,6 +323,7 @@ def run_encode(cfg: DataConfig, store: Store, index: int, enc: Encoders) -> dict
         "text": {
             "kind": cfg.text_encoder.kind,
             "model": cfg.text_encoder.model,
+            "pretrained": cfg.text_encoder.pretrained,
             "dim": enc.text.dim,
             "max_length": max_length,
         },
