@@ -18,12 +18,28 @@ import bisect
 import math
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 
 from paris.data.shards import ShardSet, read_shard
 from paris.storage import Store
+
+
+class Batches(Protocol):
+    """Where a loss function draws its rows: a ShardStream, or InMemory for a small split."""
+
+    def batch(self, g: torch.Generator, size: int) -> tuple[ShardSet, torch.Tensor]: ...
+
+
+class InMemory:
+    """A split already in memory (tests, small evaluations): uniform rows, with replacement."""
+
+    def __init__(self, data: ShardSet) -> None:
+        self.data = data
+
+    def batch(self, g: torch.Generator, size: int) -> tuple[ShardSet, torch.Tensor]:
+        return self.data, torch.randint(len(self.data), (size,), generator=g)
 
 
 class ShardStream:
@@ -93,8 +109,11 @@ class ShardStream:
 
     # ---- loading ---------------------------------------------------------------------------
 
-    def _load(self, at: tuple[int, int]) -> ShardSet:
-        ids = self._epoch(at[0])[at[1]][1]
+    def _ids(self, at: tuple[int, int]) -> list[int]:
+        """The parts of a window; only the calling (training) thread builds the schedule."""
+        return self._epoch(at[0])[at[1]][1]
+
+    def _load(self, ids: list[int]) -> ShardSet:
         self.loads += len(ids)
         return ShardSet.concat([self.reader(self.store, self.root, self.parts[i]) for i in ids])
 
@@ -107,11 +126,11 @@ class ShardStream:
             return
         self._current = None  # release the old window before the new one arrives
         ready, self._next = self._next, None
-        data = ready[1].result() if ready is not None and ready[0] == at else self._load(at)
+        data = ready[1].result() if ready is not None and ready[0] == at else self._load(self._ids(at))
         self._current = (at, data)
         after = self._after(at)
         if after is not None:
-            self._next = (after, self._pool.submit(self._load, after))
+            self._next = (after, self._pool.submit(self._load, self._ids(after)))
 
     @property
     def data(self) -> ShardSet:

@@ -34,6 +34,7 @@ GUIDANCE_ROUTING = ("shared", "separate")  # SampleConfig.guidance_routing
 ALLOWED_COMPONENTS = frozenset(
     {
         ("paris.router.model", "ParisRouter"),
+        ("paris.router.text", "OpenClipTextModel"),
         ("diffusers", "PixArtTransformer2DModel"),
         ("diffusers", "FlowMatchEulerDiscreteScheduler"),
         ("diffusers", "AutoencoderKL"),

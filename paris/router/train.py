@@ -17,7 +17,7 @@ import torch.nn.functional as F
 
 from paris.config import RunConfig, TrainConfig
 from paris.data.shards import ShardSet, load_manifest, load_null_text, load_split, split_shards
-from paris.data.stream import ShardStream
+from paris.data.stream import Batches, ShardStream
 from paris.layout import dataset_prefix, router_prefix
 from paris.plots import accuracy_plot_png, save_loss_plot
 from paris.progress import console
@@ -55,7 +55,7 @@ def _inputs(
     return model(x_t.to(device), model_timestep(t).to(device), text, mask)
 
 
-def router_loss(stream: ShardStream, null_text: tuple[torch.Tensor, torch.Tensor], cfg: TrainConfig) -> LossFn:
+def router_loss(stream: Batches, null_text: tuple[torch.Tensor, torch.Tensor], cfg: TrainConfig) -> LossFn:
     """Cross-entropy against the cluster of x_0. A caption-aware router sees the empty caption
     in `caption_dropout` of the rows, so it also estimates p(k | x_t, t) for the unconditional
     CFG branch (paris.router.pipeline, guidance_routing="separate")."""

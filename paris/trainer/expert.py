@@ -11,7 +11,7 @@ import torch
 
 from paris.config import RunConfig, TrainConfig
 from paris.data.shards import load_manifest, load_null_text, split_shards
-from paris.data.stream import ShardStream
+from paris.data.stream import Batches, ShardStream
 from paris.layout import dataset_prefix, expert_prefix
 from paris.plots import save_loss_plot
 from paris.storage import Store
@@ -20,7 +20,7 @@ from paris.trainer.loop import LossFn, TrainResult, train
 from paris.trainer.model import build_expert, count_params, expert_velocity
 
 
-def expert_loss(stream: ShardStream, null_states: torch.Tensor, null_mask: torch.Tensor, cfg: TrainConfig) -> LossFn:
+def expert_loss(stream: Batches, null_states: torch.Tensor, null_mask: torch.Tensor, cfg: TrainConfig) -> LossFn:
     b = cfg.batch_size
     null_states = null_states.float()
 
