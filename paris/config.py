@@ -482,11 +482,40 @@ class ParisExpertSpec(BatchJobOptions, PodPlacement):
         6, alias="backoffLimit", ge=0, le=100, description="Pod retries; each resumes from latest.json"
     )
     active_deadline_seconds: int | None = Field(None, alias="activeDeadlineSeconds", ge=1)
+    dataset: str | None = Field(
+        None,
+        pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$",
+        max_length=253,
+        description="A ParisDataset in this namespace: the expert waits until it is Ready, then trains on its data "
+        "(its data section replaces this one)",
+    )
 
     @model_validator(mode="after")
     def _patches_fit(self) -> ParisExpertSpec:
         check_patch_sizes(self.data, self.expert)
         return self
+
+
+class ParisDatasetSpec(BatchJobOptions, PodPlacement):
+    """A dataset prepared in the cluster: features, clustering, encoding, as Indexed Jobs."""
+
+    storage: S3Storage
+    data: DataConfig = Field(
+        description="What to prepare, as in a config's data section; data.path is s3://bucket/prefix on the "
+        "storage's server (the pods share nothing else)"
+    )
+    indexes: int = Field(
+        4, ge=1, le=10_000, description="Work units of the features and encode stages (Indexed Job completions)"
+    )
+    parallelism: int | None = Field(None, ge=1, le=10_000, description="Pods of a stage at once (default: indexes)")
+    backoff_limit_per_index: int = Field(
+        3, alias="backoffLimitPerIndex", ge=0, le=100, description="Retries of a failed index, alone"
+    )
+    backoff_limit: int = Field(3, alias="backoffLimit", ge=0, le=100, description="Retries of the one-pod stages")
+
+    def run_data(self) -> DataConfig:
+        """The data config every pod of this dataset runs (its indexes fixed by the spec)."""
+        return self.data.model_copy(update={"indexes": self.indexes})
 
 
 class ExpertSelector(_Model):

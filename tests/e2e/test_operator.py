@@ -142,7 +142,8 @@ def operator(k8s_cluster: Cluster, k8s_namespace: str, minio_server: MinioServer
         if op.proc is None:
             op.start()
         k8s_cluster.kubectl(
-            "delete", "parisexperts,parisrouters", "--all", "-n", k8s_namespace, "--timeout=60s", check=False
+            "delete", "parisexperts,parisrouters,parisdatasets", "--all", "-n", k8s_namespace, "--timeout=60s",
+            check=False,
         )
         op.stop()
         k8s_cluster.kubectl("delete", "clusterrolebinding,clusterrole", role, "--ignore-not-found", check=False)
