@@ -10,14 +10,13 @@ import os
 import signal
 import tarfile
 from collections import Counter
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from tests.e2e.test_operator import Operator, apply, create_secret, get_cr, with_fake_node_toleration
+from tests.e2e.test_operator import Operator, apply, create_secret, get_cr, pod_env, with_fake_node_toleration
 from tests.e2e.test_operator import operator as operator  # the fixture
 from tests.helpers import eventually
 from tests.servers.cluster import Cluster
@@ -26,7 +25,6 @@ from tests.servers.podrunner import PodRunner
 
 pytestmark = pytest.mark.timeout(1800)
 
-REPO = Path(__file__).resolve().parents[2]
 TARS, PER_TAR = 4, 10
 INDEX_ANNOTATION = "batch.kubernetes.io/job-completion-index"
 
@@ -109,8 +107,7 @@ def test_a_dataset_prepared_by_indexed_jobs_survives_a_killed_index_and_gates_it
     bucket = minio_server.make_bucket()
     upload_tars(minio_server, bucket)
     create_secret(cluster, ns, minio_server)
-    # PYTHONPATH: the pods run this checkout's `paris`, whatever the venv's editable install points at.
-    pod_runner.env.update({"PARIS_S3_ENDPOINT": minio_server.url, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)})
+    pod_runner.env.update(pod_env(minio_server))
 
     def debug() -> str:
         return f"{cluster.kubectl('get', 'paris,jobs,pods', '-n', ns, '-o', 'wide', check=False).stdout}\n" + (
