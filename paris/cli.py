@@ -41,14 +41,34 @@ def _load(config: Path | None) -> tuple[RunConfig, Store]:
 
 
 @data_app.command("prepare")
-def data_prepare(config: ConfigArg = None) -> None:
+def data_prepare(
+    config: ConfigArg = None,
+    workers: Annotated[int, typer.Option(min=1, help="Local processes running the work units")] = 1,
+) -> None:
     """Encode images and captions, cluster with two-stage k-means, write per-cluster shards."""
     from paris.data.prepare import prepare_dataset
 
     cfg, store = _load(config)
-    manifest = prepare_dataset(cfg.data, store)
+    manifest = prepare_dataset(cfg.data, store, workers)
     for c in manifest["clusters"]:
         console.print(f"cluster {c['id']}: {c['size']} images")
+
+
+@data_app.command("work")
+def data_work(
+    stage: Annotated[str, typer.Argument(help="features, cluster, encode or finalize")],
+    config: ConfigArg = None,
+    index: Annotated[
+        int | None, typer.Option(min=0, envvar="JOB_COMPLETION_INDEX", help="Work unit (Indexed Job: automatic)")
+    ] = None,
+) -> None:
+    """Run one work unit of a preparation: what each pod of a ParisDataset's Jobs runs."""
+    from paris.data.work import run_unit
+
+    cfg, store = _load(config)
+    result = run_unit(cfg.data, store, stage, index)
+    what = "already done" if result.get("reused") else "done"
+    console.print(f"{stage}{'' if index is None else f' index {index}'}: {what}")
 
 
 @train_app.command("expert")

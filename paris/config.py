@@ -118,9 +118,11 @@ class TextEncoderConfig(_Model):
     kind: Literal["minilm", "open_clip"] = Field(
         "minilm", description="minilm: all-MiniLM-L6-v2 shipped in a pip package (offline); open_clip"
     )
-    model: str = Field("ViT-L-14", description="open_clip architecture name")
+    model: str = Field(
+        "ViT-L-14", description="open_clip: an architecture name open_clip ships, or a local model-config .json"
+    )
     pretrained: str | None = Field(
-        None, description="open_clip: local checkpoint path; None = random init (tests only)"
+        None, description="open_clip: local checkpoint file; None = random init (tests only)"
     )
     max_length: int = Field(77, ge=4, le=512, description="Token states kept per caption")
 
@@ -131,7 +133,13 @@ class FeatureConfig(_Model):
     kind: Literal["pixels", "dinov2", "open_clip"] = Field(
         "pixels", description="pixels: PCA of the downsampled image (offline default)"
     )
-    path: str | None = Field(None, description="dinov2: local transformers model dir")
+    path: str | None = Field(
+        None,
+        description="dinov2: local transformers model dir; open_clip: local checkpoint file (unset: random)",
+    )
+    model: str = Field(
+        "ViT-L-14", description="open_clip: an architecture name open_clip ships, or a local model-config .json"
+    )
     pca_dim: int = Field(32, ge=2, le=1024, description="PCA dimensions before k-means")
 
 
@@ -152,10 +160,35 @@ class DataConfig(_Model):
     max_cluster_fraction: float = Field(
         0.5, gt=0, le=1, description="Warn (or, with balance, cap) above this share of the data"
     )
-    holdout_fraction: float = Field(0.2, ge=0, lt=1, description="Held out for router/eval scoring")
+    holdout_fraction: float = Field(
+        0.2, ge=0, lt=1, description="Share held out for router/eval scoring (decided per sample by a hash of its key)"
+    )
     shard_size: int = Field(4096, ge=1, description="Samples per safetensors shard")
     limit: int | None = Field(None, ge=1, description="Use only the first N samples")
     seed: int = 0
+    # How preparation scales: parts -> work units (indexes) -> batches on a device.
+    part_size: int = Field(
+        1000, ge=1, description="folder, digits: samples per input part (a WebDataset tar is one part)"
+    )
+    indexes: int | None = Field(
+        None, ge=1, le=100_000, description="Work units per stage, each a range of parts; default: one per part"
+    )
+    cluster_sample: int = Field(
+        200_000, ge=1, description="Training samples (a uniform sample) that two-stage k-means is fitted on"
+    )
+    kmeans: Literal["auto", "faiss", "sklearn"] = Field(
+        "auto",
+        description="Fine k-means: auto = scikit-learn KMeans up to 50k samples, then faiss if installed, "
+        "else MiniBatchKMeans",
+    )
+    on_error: Literal["fail", "skip"] = Field(
+        "fail", description="An unreadable image: fail the work unit, or skip it (named in the manifest)"
+    )
+    batch_size: int = Field(64, ge=1, le=65536, description="Images per encoder batch")
+    device: str = Field("auto", description="Encoders' device: auto (CUDA when present), cpu, cuda, cuda:N or mps")
+    mixed_precision: Literal["auto", "no", "bf16", "fp16"] = Field(
+        "auto", description="Encoders' autocast: auto = bf16 where the device runs it fast"
+    )
 
     @property
     def is_grayscale(self) -> bool:
@@ -247,6 +280,12 @@ class TrainConfig(_Model):
     device: str = Field("auto", pattern=DEVICE_PATTERN, description="auto, cpu, cuda, cuda:N or mps")
     threads: int | None = Field(None, ge=1, description="CPU threads (default: torch's choice)")
     checkpoint_every: int = Field(500, ge=1)
+    keep_checkpoints: int = Field(
+        2, ge=1, le=1000, description="Checkpoints kept; older ones are deleted once latest.json points past them"
+    )
+    window: int = Field(
+        4, ge=1, le=4096, description="Part files of the split held in memory at once (one more window prefetches)"
+    )
     log_every: int = Field(10, ge=1)
     seed: int = 0
 
@@ -498,11 +537,40 @@ class ParisExpertSpec(BatchJobOptions, PodPlacement):
         6, alias="backoffLimit", ge=0, le=100, description="Pod retries; each resumes from latest.json"
     )
     active_deadline_seconds: int | None = Field(None, alias="activeDeadlineSeconds", ge=1)
+    dataset: str | None = Field(
+        None,
+        pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$",
+        max_length=253,
+        description="A ParisDataset in this namespace: the expert waits until it is Ready, then trains on its data "
+        "(its data section replaces this one)",
+    )
 
     @model_validator(mode="after")
     def _patches_fit(self) -> ParisExpertSpec:
         check_patch_sizes(self.data, self.expert)
         return self
+
+
+class ParisDatasetSpec(BatchJobOptions, PodPlacement):
+    """A dataset prepared in the cluster: features, clustering, encoding, as Indexed Jobs."""
+
+    storage: S3Storage
+    data: DataConfig = Field(
+        description="What to prepare, as in a config's data section; data.path is s3://bucket/prefix on the "
+        "storage's server (the pods share nothing else)"
+    )
+    indexes: int = Field(
+        4, ge=1, le=10_000, description="Work units of the features and encode stages (Indexed Job completions)"
+    )
+    parallelism: int | None = Field(None, ge=1, le=10_000, description="Pods of a stage at once (default: indexes)")
+    backoff_limit_per_index: int = Field(
+        3, alias="backoffLimitPerIndex", ge=0, le=100, description="Retries of a failed index, alone"
+    )
+    backoff_limit: int = Field(3, alias="backoffLimit", ge=0, le=100, description="Retries of the one-pod stages")
+
+    def run_data(self) -> DataConfig:
+        """The data config every pod of this dataset runs (its indexes fixed by the spec)."""
+        return self.data.model_copy(update={"indexes": self.indexes})
 
 
 class ExpertSelector(_Model):

@@ -17,6 +17,7 @@ from scipy import linalg
 from sklearn.model_selection import cross_val_score
 from sklearn.neural_network import MLPClassifier
 
+from paris.data.encoders import tensor_to_unit
 from paris.data.shards import ShardSet
 from paris.data.sources import digit_caption
 from paris.errors import ParisError
@@ -29,7 +30,7 @@ def _flat(images: torch.Tensor) -> np.ndarray:
     x = images.float().mean(1, keepdim=True)
     if x.shape[-1] != JUDGE_SIZE:
         x = F.interpolate(x, size=(JUDGE_SIZE, JUDGE_SIZE), mode="area")
-    return ((x.clamp(-1, 1) + 1) / 2).flatten(1).numpy()
+    return tensor_to_unit(x).flatten(1).numpy()
 
 
 def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:

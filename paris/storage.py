@@ -10,11 +10,13 @@ from __future__ import annotations
 import io
 import json
 import os
+import shutil
 import tempfile
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO, cast
 
 from paris.config import StorageConfig
 from paris.errors import StorageError
@@ -39,6 +41,22 @@ class Store(ABC):
     @abstractmethod
     def uri(self, key: str = "") -> str: ...
 
+    @abstractmethod
+    def put_file(self, key: str, path: Path) -> None:
+        """Upload a local file without holding it in memory (multipart on S3)."""
+
+    @abstractmethod
+    def get_file(self, key: str, path: Path) -> Path:
+        """Download to a local file without holding it in memory; the file appears whole or not at all."""
+
+    @abstractmethod
+    def open_read(self, key: str, offset: int = 0) -> AbstractContextManager[BinaryIO]:
+        """A stream of the object's bytes from `offset` on, read as they arrive."""
+
+    @abstractmethod
+    def delete(self, key: str) -> None:
+        """Remove one object; a missing one is not an error."""
+
     # ---- conveniences shared by every backend --------------------------------------
 
     def put_json(self, key: str, obj: Any) -> None:
@@ -53,8 +71,11 @@ class Store(ABC):
     def get_json_or_none(self, key: str) -> Any:
         return self.get_json(key) if self.exists(key) else None
 
-    def put_file(self, key: str, path: Path) -> None:
-        self.put_bytes(key, Path(path).read_bytes())
+    def delete_prefix(self, prefix: str) -> int:
+        keys = self.keys(prefix.rstrip("/") + "/")
+        for key in keys:
+            self.delete(key)
+        return len(keys)
 
     def upload_dir(self, local: Path, prefix: str) -> list[str]:
         keys: list[str] = []
@@ -69,10 +90,15 @@ class Store(ABC):
         keys = self.keys(prefix)
         if not keys:
             raise StorageError(f"nothing stored under {self.uri(prefix)}")
-        for key in keys:
-            dest = Path(local) / key[len(prefix) :]
+        root = Path(local).resolve()
+        dests = {key: (root / key[len(prefix) :]).resolve() for key in keys}
+        for key, dest in dests.items():
+            # A key is data from the store: "a/../../x" or "a//etc/x" must not write outside.
+            if root not in dest.parents:
+                raise StorageError(f"refusing {self.uri(key)}: it would be written outside {root}")
+        for key, dest in dests.items():
             dest.parent.mkdir(parents=True, exist_ok=True)
-            dest.write_bytes(self.get_bytes(key))
+            self.get_file(key, dest)
         return Path(local)
 
     def publish(self, local: Path, prefix: str, pointer_key: str, pointer: dict[str, Any]) -> None:
@@ -107,11 +133,46 @@ class LocalStore(Store):
             Path(tmp).unlink(missing_ok=True)
             raise
 
+    def put_file(self, key: str, path: Path) -> None:
+        dest = self._path(key)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=".tmp-")
+        os.close(fd)
+        try:
+            shutil.copyfile(path, tmp)
+            os.replace(tmp, dest)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
     def get_bytes(self, key: str) -> bytes:
         try:
             return self._path(key).read_bytes()
         except FileNotFoundError:
             raise StorageError(f"not found: {self.uri(key)}") from None
+
+    def get_file(self, key: str, path: Path) -> Path:
+        src = self._path(key)
+        if not src.is_file():
+            raise StorageError(f"not found: {self.uri(key)}")
+        path = Path(path)
+        tmp = path.with_name(f".tmp-{path.name}")
+        shutil.copyfile(src, tmp)
+        os.replace(tmp, path)
+        return path
+
+    @contextmanager
+    def open_read(self, key: str, offset: int = 0) -> Iterator[BinaryIO]:
+        try:
+            f = self._path(key).open("rb")
+        except FileNotFoundError:
+            raise StorageError(f"not found: {self.uri(key)}") from None
+        with f:
+            f.seek(offset)
+            yield f
+
+    def delete(self, key: str) -> None:
+        self._path(key).unlink(missing_ok=True)
 
     def exists(self, key: str) -> bool:
         return self._path(key).is_file()
@@ -136,6 +197,8 @@ class S3Store(Store):
     """Credentials come from the environment unless given; `read_only` never creates the
     bucket nor writes (the operator reads trainers' progress and must not touch artifacts)."""
 
+    part_size = 64 * 2**20  # multipart upload part (S3's minimum is 5 MiB)
+
     def __init__(
         self,
         bucket: str,
@@ -159,6 +222,8 @@ class S3Store(Store):
             endpoint, access_key=access, secret_key=secret, secure=secure, region=region, http_client=http_client
         )
         self.bucket, self.prefix, self.endpoint, self.read_only = bucket, prefix.strip("/"), endpoint, read_only
+        self.secure, self.region = secure, region
+        self._credentials = (access, secret)
         if read_only:
             return
         try:
@@ -177,20 +242,64 @@ class S3Store(Store):
         # A single PUT is atomic in S3/MinIO: readers never see a partial object.
         self.client.put_object(self.bucket, self._key(key), io.BytesIO(data), len(data))
 
-    def get_bytes(self, key: str) -> bytes:
+    def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
+        # Worker processes (`paris data prepare --workers N`) get the same store; the HTTP
+        # client's sockets cannot travel, so the client is made again on the other side.
+        access, secret = self._credentials
+        return (
+            S3Store,
+            (self.bucket, self.prefix, self.endpoint, self.secure, self.region, access, secret, self.read_only),
+        )
+
+    def with_prefix(self, bucket: str, prefix: str) -> S3Store:
+        """Another bucket/prefix on the same server with the same credentials, read-only
+        (where prepare reads its input images from)."""
+        access, secret = self._credentials
+        return S3Store(bucket, prefix, self.endpoint, self.secure, self.region, access, secret, read_only=True)
+
+    def _not_found(self, err: Exception, key: str) -> None:
         from minio.error import S3Error
 
+        if isinstance(err, S3Error) and err.code in ("NoSuchKey", "NoSuchBucket", "NoSuchObject"):
+            raise StorageError(f"not found: {self.uri(key)}") from None
+
+    def put_file(self, key: str, path: Path) -> None:
+        if self.read_only:
+            raise StorageError(f"refusing to write {self.uri(key)}: this store is read-only")
+        # Multipart above part_size: parts stream from the file, and the object appears only
+        # when the upload completes (an aborted one leaves nothing visible).
+        self.client.fput_object(self.bucket, self._key(key), str(path), part_size=self.part_size)
+
+    def get_bytes(self, key: str) -> bytes:
+        with self.open_read(key) as f:
+            return f.read()
+
+    def get_file(self, key: str, path: Path) -> Path:
         try:
-            resp = self.client.get_object(self.bucket, self._key(key))
-        except S3Error as err:
-            if err.code in ("NoSuchKey", "NoSuchBucket"):
-                raise StorageError(f"not found: {self.uri(key)}") from None
+            # fget_object streams into <path>.<etag>.part.minio and renames it when complete.
+            self.client.fget_object(self.bucket, self._key(key), str(path))
+        except Exception as err:
+            self._not_found(err, key)
+            raise
+        return Path(path)
+
+    @contextmanager
+    def open_read(self, key: str, offset: int = 0) -> Iterator[BinaryIO]:
+        try:
+            resp = self.client.get_object(self.bucket, self._key(key), offset=offset)
+        except Exception as err:
+            self._not_found(err, key)
             raise
         try:
-            return resp.read()
+            yield cast(BinaryIO, resp)
         finally:
             resp.close()
             resp.release_conn()
+
+    def delete(self, key: str) -> None:
+        if self.read_only:
+            raise StorageError(f"refusing to delete {self.uri(key)}: this store is read-only")
+        self.client.remove_object(self.bucket, self._key(key))
 
     def exists(self, key: str) -> bool:
         from minio.error import S3Error

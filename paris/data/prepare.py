@@ -1,145 +1,133 @@
-"""`paris data prepare`: samples -> encoders -> two-stage k-means -> per-cluster shards.
+"""`paris data prepare`: the work units of paris.data.work, run on this machine.
 
-The manifest is written last: until it exists the dataset is invisible, so a crash or a bad
-input never leaves a half-prepared dataset that training would pick up.
+With one worker the units run in this process, one after the other. With N workers each
+indexed stage runs in a pool of N processes (each loads its encoders once); a unit that
+fails is retried alone, and units whose output is already published are skipped, so a
+preparation that was interrupted resumes where it stopped. The dataset manifest is
+written last: until it exists the dataset is invisible.
 """
 
 from __future__ import annotations
 
+import multiprocessing
+import os
 import time
+from collections import Counter
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from typing import Any
 
-import numpy as np
-import torch
-from safetensors.numpy import save as np_save
-from safetensors.torch import save as st_save
-
 from paris.config import DataConfig
-from paris.data.clustering import two_stage_kmeans
-from paris.data.encoders import LatentCodec, build_text_encoder, image_features
-from paris.data.shards import FORMAT, MANIFEST, ShardSet, write_shards
-from paris.data.sources import DIGIT_NAMES, load_samples
-from paris.errors import DataError
+from paris.data.encoders import Encoders
+from paris.data.work import done_key, fingerprint, make_plan, run_finalize, run_unit
+from paris.errors import DataError, ParisError
 from paris.layout import dataset_prefix
 from paris.progress import console, status
 from paris.storage import Store
 
+RETRIES = 2  # a unit that crashed (not a user error) runs again at most this many times
 
-def _encode_captions(
-    captions: list[str], cfg: DataConfig
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, int]:
-    """Encode each distinct caption once (datasets repeat captions a lot)."""
-    enc = build_text_encoder(cfg.text_encoder)
-    uniq = sorted(set(captions))
-    states, masks = [], []
-    for i in range(0, len(uniq), 256):
-        s, m = enc.encode(uniq[i : i + 256])
-        states.append(s)
-        masks.append(m)
-    null_s, null_m = enc.encode([""])
-    where = {c: i for i, c in enumerate(uniq)}
-    idx = torch.tensor([where[c] for c in captions])
-    return torch.cat(states)[idx], torch.cat(masks)[idx], null_s[0], null_m[0], enc.dim
+_encoders: dict[str, Encoders] = {}  # per worker process: encoders are loaded once
 
 
-def prepare_dataset(cfg: DataConfig, store: Store) -> dict[str, Any]:
+def _worker_init(threads: int) -> None:
+    import torch
+
+    torch.set_num_threads(threads)
+
+
+def _worker_unit(cfg: DataConfig, store: Store, stage: str, index: int) -> dict[str, Any]:
+    enc = _encoders.get(fingerprint(cfg)) or _encoders.setdefault(fingerprint(cfg), Encoders(cfg))
+    return run_unit(cfg, store, stage, index, enc)
+
+
+def _summary(stage: str, index: int, result: dict[str, Any], total: int) -> str:
+    what = "already done" if result.get("reused") else f"{result.get('samples', 0)} samples"
+    return f"{stage}: index {index + 1}/{total} {what}"
+
+
+class _Workers:
+    """A pool of worker processes kept across stages (each loads its encoders once), made
+    again if a worker dies (the pool is then broken for every pending unit)."""
+
+    def __init__(self, workers: int) -> None:
+        self.workers = workers
+        self.threads = max(1, (os.cpu_count() or 1) // workers)
+        self.pool: ProcessPoolExecutor | None = None
+
+    def get(self) -> ProcessPoolExecutor:
+        if self.pool is None:
+            ctx = multiprocessing.get_context("spawn")  # no fork of a process holding torch threads
+            self.pool = ProcessPoolExecutor(
+                self.workers, mp_context=ctx, initializer=_worker_init, initargs=(self.threads,)
+            )
+        return self.pool
+
+    def reset(self) -> None:
+        if self.pool is not None:
+            self.pool.shutdown(wait=True, cancel_futures=True)
+        self.pool = None
+
+
+def run_stage(cfg: DataConfig, store: Store, stage: str, indexes: int, workers: _Workers | None, enc: Encoders) -> None:
+    todo = [i for i in range(indexes) if not store.exists(done_key(cfg.name, stage, i))]
+    if len(todo) < indexes:
+        console.print(f"{stage}: {indexes - len(todo)}/{indexes} indexes already done")
+    if workers is None or len(todo) <= 1:
+        for i in todo:
+            console.print(_summary(stage, i, run_unit(cfg, store, stage, i, enc), indexes))
+        return
+    attempts: Counter[int] = Counter()
+    while todo:
+        retry: list[int] = []
+        pool = workers.get()
+        running: dict[Future[dict[str, Any]], int] = {pool.submit(_worker_unit, cfg, store, stage, i): i for i in todo}
+        while running:
+            finished, _ = wait(running, return_when=FIRST_COMPLETED)
+            for fut in finished:
+                i = running.pop(fut)
+                try:
+                    console.print(_summary(stage, i, fut.result(), indexes))
+                except ParisError:
+                    workers.reset()
+                    raise
+                except Exception as err:  # a crash, or a killed worker: retry this index alone
+                    attempts[i] += 1
+                    if attempts[i] > RETRIES:
+                        workers.reset()
+                        raise DataError(f"{stage} index {i} failed {attempts[i]} times: {err!r}") from err
+                    console.print(f"{stage}: index {i} failed ({err!r}); retrying it")
+                    retry.append(i)
+        if retry:
+            workers.reset()  # a dead worker breaks the pool: start a fresh one for the retries
+        todo = sorted(set(retry))
+
+
+def prepare_dataset(cfg: DataConfig, store: Store, workers: int = 1) -> dict[str, Any]:
     t0 = time.time()
-    with status(f"loading {cfg.source} samples"):
-        samples = load_samples(cfg)
-    n = len(samples)
-    n_hold = round(n * cfg.holdout_fraction)
-    if cfg.clusters > n - n_hold:
-        raise DataError(f"K={cfg.clusters} clusters is larger than the dataset ({n - n_hold} training samples)")
-    rng = np.random.default_rng(cfg.seed)
-    perm = rng.permutation(n)
-    hold_idx, train_idx = np.sort(perm[:n_hold]), np.sort(perm[n_hold:])
-
-    images = [s.image for s in samples]
-    captions = [s.caption for s in samples]
-    with status("encoding clustering features"):
-        feats = image_features(cfg.features, images)
-    with status(f"two-stage k-means: {cfg.fine_clusters} fine centroids -> K={cfg.clusters}"):
-        clustering, train_clusters = two_stage_kmeans(
-            feats[train_idx],
-            cfg.clusters,
-            cfg.fine_clusters,
-            cfg.features.pca_dim,
-            cfg.seed,
-            cfg.balance,
-            cfg.max_cluster_fraction,
-        )
-        clusters = np.zeros(n, dtype=np.int64)
-        clusters[train_idx] = train_clusters
-        if n_hold:
-            clusters[hold_idx] = clustering.assign(feats[hold_idx])
-    with status("encoding latents"):
-        codec = LatentCodec(cfg)
-        latents = codec.encode(images)
-    with status(f"encoding captions ({cfg.text_encoder.kind})"):
-        text_states, text_mask, null_s, null_m, text_dim = _encode_captions(captions, cfg)
-
-    full = ShardSet(
-        latents,
-        text_states,
-        text_mask,
-        torch.tensor([s.label for s in samples]),
-        torch.from_numpy(clusters),
-        captions,
+    existing = store.get_json_or_none(done_key(cfg.name, "finalize"))
+    if existing is not None and existing.get("fingerprint") == fingerprint(cfg):
+        console.print(f"dataset {cfg.name!r} already prepared with this config: reusing it")
+        return dict(existing)
+    with status(f"listing the {cfg.source} input"):
+        plan = make_plan(cfg, store, reset=True)
+    n = plan.indexes
+    console.print(f"preparing {cfg.name!r}: {len(plan.parts)} input parts in {n} indexes, {workers} worker(s)")
+    enc = Encoders(cfg)  # loads each model on first use only: the cluster unit loads none
+    pool = _Workers(workers) if workers > 1 and n > 1 else None
+    try:
+        run_stage(cfg, store, "features", n, pool, enc)
+        with status(f"two-stage k-means: {cfg.fine_clusters} fine centroids -> K={cfg.clusters}"):
+            fit = run_unit(cfg, store, "cluster", None)
+        if not fit.get("reused"):
+            console.print(f"cluster: fitted on {fit['sample']} of {fit['training_samples']} training samples")
+        run_stage(cfg, store, "encode", n, pool, enc)
+    finally:
+        if pool is not None:
+            pool.reset()
+    manifest = run_finalize(cfg, store, time.time() - t0)
+    sizes = ", ".join(str(c["size"]) for c in manifest["clusters"])
+    console.print(
+        f"prepared {manifest['num_samples']} samples into {cfg.clusters} clusters ({sizes}; "
+        f"held out {manifest['holdout']['size']}) at {store.uri(dataset_prefix(cfg.name))}"
     )
-
-    def subset(idx: np.ndarray) -> ShardSet:
-        t = torch.from_numpy(idx)
-        return ShardSet(
-            full.latents[t],
-            full.text_states[t],
-            full.text_mask[t],
-            full.labels[t],
-            full.clusters[t],
-            [captions[i] for i in idx],
-        )
-
-    root = dataset_prefix(cfg.name)
-    cluster_entries = []
-    with status("writing shards"):
-        for k in range(cfg.clusters):
-            idx = train_idx[train_clusters == k]
-            shards = write_shards(store, f"{root}/clusters/{k}", subset(idx), cfg.shard_size)
-            labels = full.labels[torch.from_numpy(idx)]
-            hist = torch.bincount(labels[labels >= 0], minlength=10).tolist() if (labels >= 0).any() else []
-            cluster_entries.append({"id": k, "size": len(idx), "shards": _rel(shards, root), "label_histogram": hist})
-        holdout = _rel(write_shards(store, f"{root}/holdout", subset(hold_idx), cfg.shard_size), root) if n_hold else []
-        store.put_bytes(
-            f"{root}/null_text.safetensors", st_save({"text_states": null_s.half(), "text_mask": null_m.bool()})
-        )
-        store.put_bytes(
-            f"{root}/clustering.safetensors",
-            np_save({k: np.ascontiguousarray(v) for k, v in clustering.arrays().items()}),
-        )
-
-    manifest = {
-        "format": FORMAT,
-        "name": cfg.name,
-        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "num_samples": n,
-        "num_clusters": cfg.clusters,
-        "latent": codec.describe() | {"vae": cfg.vae},
-        "text": {
-            "kind": cfg.text_encoder.kind,
-            "model": cfg.text_encoder.model,
-            "dim": text_dim,
-            "max_length": int(text_states.shape[1]),
-        },
-        "features": cfg.features.model_dump(),
-        "label_names": DIGIT_NAMES if cfg.source == "digits" else [],
-        "clusters": cluster_entries,
-        "holdout": {"size": n_hold, "shards": holdout},
-        "config": cfg.model_dump(),
-        "seconds": round(time.time() - t0, 1),
-    }
-    store.put_json(f"{root}/{MANIFEST}", manifest)  # last: publishes the dataset
-    console.print(f"prepared {n} samples into {cfg.clusters} clusters at {store.uri(root)}")
     return manifest
-
-
-def _rel(shards: list[dict[str, Any]], root: str) -> list[dict[str, Any]]:
-    return [{**s, "key": s["key"][len(root) + 1 :]} for s in shards]

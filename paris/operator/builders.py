@@ -21,7 +21,9 @@ from paris.config import (
     KUEUE_QUEUE_LABEL,
     SERVE_TOKEN_ENV,
     BatchJobOptions,
+    DataConfig,
     OperatorSettings,
+    ParisDatasetSpec,
     ParisExpertSpec,
     ParisRouterSpec,
     PodPlacement,
@@ -82,8 +84,11 @@ def generation(body: Body) -> int:
     return int(body["metadata"].get("generation") or 1)
 
 
+_OWNER_LABEL = {"ParisExpert": "expert", "ParisRouter": "router", "ParisDataset": "dataset"}
+
+
 def labels(body: Body, component: str, model: str, **extra: str) -> dict[str, str]:
-    owner_label = f"{API_GROUP}/{'expert' if body['kind'] == 'ParisExpert' else 'router'}"
+    owner_label = f"{API_GROUP}/{_OWNER_LABEL[body['kind']]}"
     return {
         "app.kubernetes.io/name": "paris",
         "app.kubernetes.io/component": component,
@@ -417,3 +422,56 @@ def build_serve_service(body: Body, spec: ParisRouterSpec) -> dict[str, Any]:
 def endpoint_url(service: Mapping[str, Any]) -> str:
     meta = service["metadata"]
     return f"http://{meta['name']}.{meta['namespace']}.svc.cluster.local/v1/generate"
+
+
+# ---- ParisDataset -> one Job per preparation stage ---------------------------------------------
+
+DATASET_STAGES = ("features", "cluster", "encode", "finalize")  # paris.data.work.STAGES, in order
+INDEXED_STAGES = ("features", "encode")  # one pod per index of an Indexed Job
+
+
+def dataset_run_config(spec: ParisDatasetSpec, settings: OperatorSettings) -> RunConfig:
+    return RunConfig(storage=storage_config(spec.storage, settings), data=spec.run_data())
+
+
+def dataset_hash(spec: ParisDatasetSpec, settings: OperatorSettings) -> str:
+    """What the prepared data depends on: a change means new Jobs (new names)."""
+    cfg = dataset_run_config(spec, settings)
+    return digest({"storage": cfg.storage.uri, "data": _dump(cfg.data)})
+
+
+def dataset_job_name(name: str, stage: str, spec_hash: str) -> str:
+    return child_name(name, f"{stage}-{spec_hash[:8]}")
+
+
+def build_dataset_job(body: Body, spec: ParisDatasetSpec, settings: OperatorSettings, stage: str) -> dict[str, Any]:
+    """`paris data work <stage>`. The features and encode stages are Indexed Jobs: pod i runs
+    index i ($JOB_COMPLETION_INDEX), a failed index is retried alone (backoffLimitPerIndex),
+    and an index whose output is published is never redone. Cluster and finalize are one pod."""
+    h = dataset_hash(spec, settings)
+    lbls = labels(body, f"dataset-{stage}", spec.data.name, stage=stage)
+    container = {
+        "name": "prepare",
+        "command": ["paris", "data", "work", stage],
+        "env": pod_env(dataset_run_config(spec, settings), spec.storage, settings),
+    }
+    job_spec: dict[str, Any] = {
+        "template": {"metadata": {"labels": lbls}, "spec": pod_spec(spec, settings, container, "Never")},
+    }
+    if stage in INDEXED_STAGES:
+        job_spec |= {
+            "completionMode": "Indexed",
+            "completions": spec.indexes,
+            "parallelism": min(spec.parallelism or spec.indexes, spec.indexes),
+            "backoffLimitPerIndex": spec.backoff_limit_per_index,
+        }
+    else:
+        job_spec["backoffLimit"] = spec.backoff_limit
+    return batch_job(body, spec, settings, dataset_job_name(body["metadata"]["name"], stage, h), lbls, job_spec, h)
+
+
+def expert_data(spec: ParisExpertSpec, dataset: Mapping[str, Any] | None) -> DataConfig:
+    """The data an expert trains on: its named ParisDataset's, else its own section."""
+    if spec.dataset is None or dataset is None:
+        return spec.data
+    return ParisDatasetSpec.model_validate(dict(dataset["spec"])).run_data()

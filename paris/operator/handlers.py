@@ -20,20 +20,24 @@ from paris.config import (
     API_GROUP,
     API_VERSION,
     OperatorSettings,
+    ParisDatasetSpec,
     ParisExpertSpec,
     ParisRouterSpec,
     describe_errors,
 )
 
 from . import builders, kube
-from .progress import expert_progress
+from .progress import dataset_manifest, expert_progress
 from .status import (
     PENDING,
     SUCCEEDED,
     Computed,
+    DatasetFacts,
     ExpertFacts,
     RouterFacts,
     changed,
+    dataset_problem,
+    dataset_status,
     expert_status,
     job_outcome,
     recorded_finish,
@@ -44,6 +48,7 @@ from .status import (
 SETTINGS = OperatorSettings.from_env()
 EXPERTS = (API_GROUP, API_VERSION, "parisexperts")
 ROUTERS = (API_GROUP, API_VERSION, "parisrouters")
+DATASETS = (API_GROUP, API_VERSION, "parisdatasets")
 log = logging.getLogger("paris.operator")
 
 # Pod waiting reasons that mean "will not start until someone fixes something".
@@ -97,6 +102,12 @@ def reconcile_expert(body: Mapping[str, Any], patch: kopf.Patch) -> None:
         _apply(body, patch, expert_status(body.get("status"), facts))
         return
 
+    problem = None
+    if spec.dataset is not None:
+        # A named ParisDataset: no Job until it is Ready; then its data is what we train on.
+        dataset = kube.get_dataset(ns, spec.dataset)
+        problem = dataset_problem(dataset, spec.dataset)
+        spec = spec.model_copy(update={"data": builders.expert_data(spec, dataset)})
     st = spec.storage
     creds, secret_problem = kube.read_secret_keys(
         ns, builders.secret_name(st, SETTINGS), (st.access_key_key, st.secret_key_key)
@@ -132,7 +143,7 @@ def reconcile_expert(body: Mapping[str, Any], patch: kopf.Patch) -> None:
         finished = recorded_finish(body.get("status"), name, want) or trained_record(
             name, want, progress, spec.train.steps
         )
-    if job is None and finished is None and secret_problem is None and not replaced:
+    if job is None and finished is None and secret_problem is None and problem is None and not replaced:
         # (a replaced Job is recreated next round, once the old one is gone)
         job, created = kube.create_or_get(desired)
         if created:
@@ -149,6 +160,8 @@ def reconcile_expert(body: Mapping[str, Any], patch: kopf.Patch) -> None:
         storage_problem=storage_problem,
         pod_problem=pod_problem,
         finished=finished,
+        dataset_problem=problem,
+        dataset=spec.dataset,
     )
     _apply(body, patch, expert_status(body.get("status"), facts))
 
@@ -244,3 +257,73 @@ def router_changed(body: kopf.Body, patch: kopf.Patch, **_: Any) -> None:
 @kopf.timer(*ROUTERS, interval=SETTINGS.poll_seconds, initial_delay=SETTINGS.poll_seconds)
 def router_poll(body: kopf.Body, patch: kopf.Patch, **_: Any) -> None:
     reconcile_router(body, patch)
+
+
+# ---- ParisDataset -----------------------------------------------------------------------------
+
+
+def reconcile_dataset(body: Mapping[str, Any], patch: kopf.Patch) -> None:
+    """Stage by stage: the first stage whose Job has not succeeded is the one that runs."""
+    meta = body["metadata"]
+    ns, generation = meta["namespace"], builders.generation(body)
+    old = body.get("status") or {}
+    try:
+        spec = ParisDatasetSpec.model_validate(dict(body["spec"]))
+    except ValidationError as err:
+        facts = DatasetFacts(generation, 1, {}, {}, invalid_spec=describe_errors(err, "spec"))
+        _apply(body, patch, dataset_status(old, facts))
+        return
+    st = spec.storage
+    creds, secret_problem = kube.read_secret_keys(
+        ns, builders.secret_name(st, SETTINGS), (st.access_key_key, st.secret_key_key)
+    )
+    jobs: dict[str, Any] = {}
+    finished: dict[str, Any] = {}
+    for stage in builders.DATASET_STAGES:
+        desired = builders.build_dataset_job(body, spec, SETTINGS, stage)
+        name, want = desired["metadata"]["name"], desired["metadata"]["annotations"][builders.SPEC_HASH]
+        job = kube.get("Job", ns, name)
+        record = ((old.get("stages") or {}).get(stage)) if job is None else None
+        if record is not None and recorded_finish({"finishedJob": record}, name, want) is not None:
+            finished[stage] = record  # finished earlier, its Job since cleaned up (TTL)
+        elif job is None and secret_problem is None:
+            job, created = kube.create_or_get(desired)
+            if created:
+                kopf.event(body, type="Normal", reason="StageStarted", message=f"{stage}: created Job {name}")
+        jobs[stage] = job
+        done = job_outcome(job)[0] if job is not None else (finished.get(stage) or {}).get("phase")
+        if done != SUCCEEDED:
+            break
+    manifest = storage_problem = None
+    final = jobs.get("finalize")
+    prepared = (
+        job_outcome(final)[0] if final is not None else (finished.get("finalize") or {}).get("phase")
+    ) == SUCCEEDED
+    if prepared and creds is not None:
+        cfg = builders.storage_config(st, SETTINGS)
+        try:
+            manifest = dataset_manifest(cfg, creds[st.access_key_key], creds[st.secret_key_key], spec.data.name)
+        except Exception as err:  # the store being down must not stop the status
+            storage_problem = f"cannot read the manifest from {cfg.endpoint or 'the store'}: {type(err).__name__}"
+    facts = DatasetFacts(
+        generation=generation,
+        indexes=spec.indexes,
+        jobs=jobs,
+        finished=finished,
+        secret_problem=secret_problem,
+        manifest=manifest,
+        storage_problem=storage_problem,
+    )
+    _apply(body, patch, dataset_status(old, facts))
+
+
+@kopf.on.resume(*DATASETS)
+@kopf.on.create(*DATASETS)
+@kopf.on.update(*DATASETS)
+def dataset_changed(body: kopf.Body, patch: kopf.Patch, **_: Any) -> None:
+    reconcile_dataset(body, patch)
+
+
+@kopf.timer(*DATASETS, interval=SETTINGS.poll_seconds, initial_delay=SETTINGS.poll_seconds)
+def dataset_poll(body: kopf.Body, patch: kopf.Patch, **_: Any) -> None:
+    reconcile_dataset(body, patch)

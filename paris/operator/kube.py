@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import base64
 import os
-from typing import Any
+from typing import Any, cast
 
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
@@ -107,6 +107,18 @@ def list_experts(namespace: str, selector: str | None = None) -> list[dict[str, 
         API_GROUP, API_VERSION, namespace, "parisexperts", label_selector=selector or ""
     )
     return list(objs.get("items") or [])  # type: ignore[attr-defined]
+
+
+def get_dataset(namespace: str, name: str) -> dict[str, Any] | None:
+    try:
+        obj = client.CustomObjectsApi(api()).get_namespaced_custom_object(
+            API_GROUP, API_VERSION, namespace, "parisdatasets", name
+        )
+    except ApiException as err:
+        if err.status == 404:
+            return None
+        raise
+    return cast(dict[str, Any], obj)
 
 
 def read_secret_keys(namespace: str, name: str, keys: tuple[str, ...]) -> tuple[dict[str, str] | None, str | None]:

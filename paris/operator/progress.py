@@ -1,4 +1,4 @@
-"""Reads an expert's progress.json and latest.json from the object store, for its status.
+"""Reads an expert's progress.json and latest.json, and a dataset's manifest, from the store, for status.
 
 The operator reads with the credentials of the resource's own Secret (never its own), through
 a read-only `paris.storage` store: artifacts belong to the trainers and outlive every resource.
@@ -10,7 +10,7 @@ import threading
 from typing import Any
 
 from paris.config import StorageConfig
-from paris.layout import expert_prefix
+from paris.layout import dataset_prefix, expert_prefix
 from paris.storage import Store, open_store
 
 _stores: dict[tuple[str, str | None, bool, str | None, str, str], Store] = {}
@@ -42,3 +42,9 @@ def expert_progress(
     latest = store.get_json_or_none(f"{prefix}/latest.json")
     checkpoint = store.uri(latest["prefix"]) if isinstance(latest, dict) and "prefix" in latest else None
     return progress, checkpoint
+
+
+def dataset_manifest(cfg: StorageConfig, access_key: str, secret_key: str, name: str) -> dict[str, Any] | None:
+    """The prepared dataset's manifest.json (written last by the finalize stage), if any."""
+    manifest = progress_store(cfg, access_key, secret_key).get_json_or_none(f"{dataset_prefix(name)}/manifest.json")
+    return manifest if isinstance(manifest, dict) else None

@@ -74,6 +74,10 @@ class ExpertFacts:
     invalid_spec: str | None = None
     storage_problem: str | None = None
     pod_problem: str | None = None  # e.g. CreateContainerConfigError of the current pod
+    # Why the named ParisDataset cannot be trained on yet (missing, not Ready); None when the
+    # expert names none or it is Ready. `dataset` is the name, when one is named.
+    dataset_problem: tuple[str, str] | None = None  # (reason, message)
+    dataset: str | None = None
     # The status's record of this spec's Job once it finished (see finished_record): all that
     # is left of the Job after the TTL controller deleted it.
     finished: Mapping[str, Any] | None = None
@@ -157,9 +161,7 @@ def recorded_finish(old: Mapping[str, Any] | None, name: str, spec_hash: str) ->
     return None
 
 
-def trained_record(
-    name: str, spec_hash: str, progress: Mapping[str, Any] | None, steps: int
-) -> dict[str, Any] | None:
+def trained_record(name: str, spec_hash: str, progress: Mapping[str, Any] | None, steps: int) -> dict[str, Any] | None:
     """A record for a Job nobody saw finish (the operator was away while it ended and was
     cleaned up): the trainer's progress.json says it is done at the spec's step count. A new
     Job would only resume from that last checkpoint and stop at once."""
@@ -195,6 +197,8 @@ def expert_status(old: Mapping[str, Any] | None, f: ExpertFacts) -> Computed:
         phase, reason, message = FAILED, "InvalidSpec", f.invalid_spec
     elif f.job is None and f.secret_problem is not None:
         phase, reason, message = PENDING, "SecretNotReady", f.secret_problem
+    elif f.job is None and f.finished is None and f.dataset_problem is not None:
+        phase, (reason, message) = PENDING, f.dataset_problem
     else:
         phase, reason, message = _outcome(f.job, f.finished)
         if phase == PENDING and f.secret_problem is not None:
@@ -264,6 +268,17 @@ def expert_status(old: Mapping[str, Any] | None, f: ExpertFacts) -> Computed:
     ]
     if (admitted := admission(f.job, t)) is not None:
         conds.append(admitted)
+    if f.dataset is not None:
+        problem = f.dataset_problem
+        conds.append(
+            condition(
+                "DatasetReady",
+                problem is None,
+                problem[0] if problem else "DatasetReady",
+                problem[1] if problem else f"ParisDataset {f.dataset} is Ready",
+                t,
+            )
+        )
     if f.storage_problem is not None:
         conds.append(condition("StorageReachable", False, "StorageUnreachable", f.storage_problem, t))
     elif f.secret_problem is None and f.invalid_spec is None:
@@ -276,7 +291,8 @@ def _transition(old: Mapping[str, Any], phase: str, reason: str, message: str) -
     before = old.get("phase")
     if before == phase and old.get("reason") == reason:
         return None
-    return Transition(before, phase, reason, message, warning=phase == FAILED or reason.endswith("NotReady"))
+    warning = phase == FAILED or reason.endswith(("NotReady", "NotFound"))
+    return Transition(before, phase, reason, message, warning=warning)
 
 
 @dataclass
@@ -387,3 +403,115 @@ def changed(old: Mapping[str, Any] | None, new: Mapping[str, Any]) -> dict[str, 
     """The top-level status keys whose value differs (what a merge patch needs to send)."""
     old = old or {}
     return {k: v for k, v in new.items() if old.get(k) != v}
+
+
+# ---- ParisDataset ------------------------------------------------------------------------------
+
+PREPARING = "Preparing"
+DATASET_STAGES = ("features", "cluster", "encode", "finalize")
+INDEXED_STAGES = ("features", "encode")
+
+
+@dataclass
+class DatasetFacts:
+    generation: int
+    indexes: int
+    jobs: Mapping[str, Mapping[str, Any] | None]  # stage -> its Job (this spec's), None if absent
+    finished: Mapping[str, Mapping[str, Any]]  # stage -> the status's record of its finished Job
+    secret_problem: str | None = None
+    invalid_spec: str | None = None
+    manifest: Mapping[str, Any] | None = None  # the dataset manifest once finalize ran
+    storage_problem: str | None = None
+
+
+def indexes_done(job: Mapping[str, Any] | None, indexes: int) -> int:
+    """Indexes of an Indexed Job that succeeded (each counts once, retries or not)."""
+    if job is None:
+        return 0
+    if _job_condition(job, "Complete"):
+        return indexes
+    return int((job.get("status") or {}).get("succeeded") or 0)
+
+
+def dataset_status(old: Mapping[str, Any] | None, f: DatasetFacts) -> Computed:
+    """The full status of a ParisDataset: the first stage not yet done decides the phase."""
+    old = old or {}
+    t = now()
+    records: dict[str, Any] = {}
+    stage, stage_phase, reason, message = DATASET_STAGES[0], PENDING, "JobNotCreated", ""
+    for name in DATASET_STAGES:
+        job, rec = f.jobs.get(name), f.finished.get(name)
+        stage = name
+        stage_phase, reason, message = _outcome(job, rec)
+        if (r := _record(job, rec)) is not None:
+            records[name] = r
+        if stage_phase != SUCCEEDED:
+            break
+    ready = stage == DATASET_STAGES[-1] and stage_phase == SUCCEEDED and f.manifest is not None
+    if f.invalid_spec is not None:
+        phase, reason, message = FAILED, "InvalidSpec", f.invalid_spec
+    elif f.jobs.get(stage) is None and f.secret_problem is not None:
+        phase, reason, message = PENDING, "SecretNotReady", f.secret_problem
+    elif ready:
+        phase, reason, message = READY, "Prepared", f"{(f.manifest or {}).get('num_samples')} samples"
+    elif stage_phase == FAILED:
+        phase, reason = FAILED, f"{stage.capitalize()}Failed"
+    elif stage_phase == SUCCEEDED:  # finalize done, manifest not read yet (store unreachable)
+        phase, reason, message = PREPARING, "ReadingManifest", f.storage_problem or "reading the manifest"
+    elif stage_phase == QUEUED:
+        phase = QUEUED
+    else:
+        phase = PREPARING if stage != DATASET_STAGES[0] or f.jobs.get(stage) is not None else PENDING
+        reason = reason if phase == PENDING else f"{stage.capitalize()}Running"
+
+    total = f.indexes if stage in INDEXED_STAGES else 1
+    done = total if stage_phase == SUCCEEDED else indexes_done(f.jobs.get(stage), f.indexes) if total > 1 else 0
+    status: dict[str, Any] = {
+        "phase": phase,
+        "reason": reason,
+        "message": message,
+        "observedGeneration": f.generation,
+        "stage": "done" if ready else stage,
+        "indexesDone": f"{done}/{total}",
+        "stages": records or None,
+    }
+    m = f.manifest
+    if m is not None:
+        status["samples"] = int(m.get("num_samples") or 0)
+        status["heldOut"] = int((m.get("holdout") or {}).get("size") or 0)
+        status["clusterSizes"] = [int(c["size"]) for c in m.get("clusters") or []]
+        status["skipped"] = int((m.get("skipped") or {}).get("count") or 0)
+    start = old.get("startTime") or (((f.jobs.get("features") or {}).get("status") or {}).get("startTime"))
+    if start:
+        status["startTime"] = start
+    if phase in (READY, FAILED):
+        status["completionTime"] = old.get("completionTime") or t
+    conds = [
+        condition(
+            "SecretReady",
+            f.secret_problem is None,
+            "SecretFound" if f.secret_problem is None else "SecretNotReady",
+            f.secret_problem or "",
+            t,
+        ),
+        condition("Ready", ready, "Prepared" if ready else reason, message if ready else "", t),
+        condition(
+            "Failed", phase == FAILED, reason if phase == FAILED else "NotFailed", message if phase == FAILED else "", t
+        ),
+    ]
+    if (admitted := admission(f.jobs.get(stage), t)) is not None:
+        conds.append(admitted)
+    status["conditions"] = merge_conditions(old.get("conditions"), conds)
+    return Computed(status, _transition(old, phase, reason, message))
+
+
+def dataset_problem(dataset: Mapping[str, Any] | None, name: str) -> tuple[str, str] | None:
+    """Why an expert naming ParisDataset `name` must wait: (reason, message), or None."""
+    if dataset is None:
+        return "DatasetNotFound", f"ParisDataset {name} does not exist in this namespace"
+    st = dataset.get("status") or {}
+    if st.get("phase") == READY:
+        return None
+    if st.get("phase") == FAILED:
+        return "DatasetFailed", f"ParisDataset {name} failed: {st.get('message') or st.get('reason')}"
+    return "DatasetNotReady", f"ParisDataset {name} is {st.get('phase') or 'Pending'} (stage {st.get('stage', '-')})"

@@ -37,6 +37,10 @@ def build_pipeline(cfg: RunConfig, store: Store) -> ParisPipeline:
 
         text_encoder = AutoModel.from_pretrained(minilm_path(), local_files_only=True).eval()
         tokenizer = AutoTokenizer.from_pretrained(minilm_path(), local_files_only=True)
+    elif manifest["text"]["kind"] == "open_clip":
+        from .text import OpenClipTextModel  # carries its own tokenizer
+
+        text_encoder = OpenClipTextModel.from_local(manifest["text"]["model"], manifest["text"].get("pretrained"))
     if manifest["latent"]["space"] == "vae":
         from diffusers import AutoencoderKL
 

@@ -34,6 +34,7 @@ GUIDANCE_ROUTING = ("shared", "separate")  # SampleConfig.guidance_routing
 ALLOWED_COMPONENTS = frozenset(
     {
         ("paris.router.model", "ParisRouter"),
+        ("paris.router.text", "OpenClipTextModel"),
         ("diffusers", "PixArtTransformer2DModel"),
         ("diffusers", "FlowMatchEulerDiscreteScheduler"),
         ("diffusers", "AutoencoderKL"),
@@ -137,9 +138,11 @@ class ParisPipeline(DiffusionPipeline):
 
     @torch.no_grad()
     def encode_prompt(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        if self.text_encoder is None or self.tokenizer is None:
+        # A text encoder may carry its own tokenizer (paris.router.text.OpenClipTextModel).
+        tokenizer = self.tokenizer if self.tokenizer is not None else getattr(self.text_encoder, "tokenizer", None)
+        if self.text_encoder is None or tokenizer is None:
             raise ValueError("this pipeline has no text encoder: pass prompt_embeds and prompt_mask")
-        tok = self.tokenizer(
+        tok = tokenizer(
             prompts, padding="max_length", truncation=True, max_length=self.config.text_max_length, return_tensors="pt"
         )
         out = self.text_encoder(

@@ -16,8 +16,9 @@ import torch
 import torch.nn.functional as F
 
 from paris.config import RunConfig, TrainConfig
-from paris.data.shards import ShardSet, load_manifest, load_null_text, load_split
-from paris.layout import router_prefix
+from paris.data.shards import ShardSet, load_manifest, load_null_text, load_split, split_shards
+from paris.data.stream import Batches, ShardStream
+from paris.layout import dataset_prefix, router_prefix
 from paris.plots import accuracy_plot_png, save_loss_plot
 from paris.progress import console
 from paris.storage import Store
@@ -29,6 +30,7 @@ from paris.trainer.model import count_params
 from .model import ParisRouter, build_router
 
 NOISE_BINS = np.linspace(0.0, 1.0, 11)
+EVAL_SAMPLES = 8192  # held-out samples the accuracy is measured on (whole parts, in order)
 
 
 def _inputs(
@@ -53,14 +55,14 @@ def _inputs(
     return model(x_t.to(device), model_timestep(t).to(device), text, mask)
 
 
-def router_loss(data: ShardSet, null_text: tuple[torch.Tensor, torch.Tensor], cfg: TrainConfig) -> LossFn:
+def router_loss(stream: Batches, null_text: tuple[torch.Tensor, torch.Tensor], cfg: TrainConfig) -> LossFn:
     """Cross-entropy against the cluster of x_0. A caption-aware router sees the empty caption
     in `caption_dropout` of the rows, so it also estimates p(k | x_t, t) for the unconditional
     CFG branch (paris.router.pipeline, guidance_routing="separate")."""
-    n, b = len(data), cfg.batch_size
+    b = cfg.batch_size
 
     def loss_fn(model: torch.nn.Module, g: torch.Generator, device: torch.device) -> torch.Tensor:
-        idx = torch.randint(n, (b,), generator=g)
+        data, idx = stream.batch(g, b)
         t = sample_t(b, cfg.timestep_sampling, g, cfg.logit_mean, cfg.logit_std, cfg.mode_scale)
         eps = torch.randn(data.latents[idx].shape, generator=g)
         drop = None
@@ -98,18 +100,26 @@ def accuracy_by_noise(
 def train_router(cfg: RunConfig, store: Store) -> tuple[TrainResult, list[dict[str, float]]]:
     manifest = load_manifest(store, cfg.data.name)
     k = manifest["num_clusters"]
-    data = ShardSet.concat([load_split(store, manifest, i) for i in range(k)])
-    torch.manual_seed(cfg.router.train.seed)
+    tcfg = cfg.router.train
+    # Every cluster's parts in one stream: windows mix clusters, and nothing loads them all.
+    parts = [p for i in range(k) for p in split_shards(manifest, i)]
+    stream = ShardStream(
+        store, dataset_prefix(cfg.data.name), parts, tcfg.batch_size * tcfg.grad_accum, tcfg.window, tcfg.seed
+    )
+    torch.manual_seed(tcfg.seed)
     model = build_router(cfg.router.model, k, manifest["latent"], manifest["text"]["dim"])
     prefix = router_prefix(cfg.model)
-    meta: dict[str, Any] = {"clusters": k, "samples": len(data), "params": count_params(model)}
-    loss = router_loss(data, load_null_text(store, manifest), cfg.router.train)
-    result = train(model, loss, cfg.router.train, store, prefix, "router", meta)
+    meta: dict[str, Any] = {"clusters": k, "samples": stream.samples, "params": count_params(model)}
+    loss = router_loss(stream, load_null_text(store, manifest), tcfg)
+    try:
+        result = train(model, loss, tcfg, store, prefix, "router", meta, on_step=stream.at_step)
+    finally:
+        stream.close()
     save_loss_plot(store, f"{prefix}/loss.png", {"router": result.history})
 
     acc: list[dict[str, float]] = []
     if manifest["holdout"]["size"]:
-        holdout = load_split(store, manifest, "holdout")
+        holdout = load_split(store, manifest, "holdout", limit=EVAL_SAMPLES)
         with tempfile.TemporaryDirectory() as tmp:
             ema = ParisRouter.from_pretrained(fetch_weights(store, prefix, Path(tmp)))
         acc = accuracy_by_noise(ema, holdout, resolve_device(cfg.router.train.device), cfg.router.train.seed)

@@ -4,11 +4,15 @@
 <prefix>/checkpoints/step-000500/ema/     EMA weights as a plain model folder, + ema_state.json
 <prefix>/checkpoints/step-000500/optimizer.pt, state.json
 <prefix>/latest.json                       {"step": 500, "prefix": ".../step-000500"}
+
+Files go through local disk and stream to and from the store (multipart on S3), so a 10 GB
+checkpoint never sits in RAM as bytes; only the last `train.keep_checkpoints` are kept.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -17,6 +21,8 @@ import torch
 from diffusers.training_utils import EMAModel
 
 from paris.storage import Store
+
+_STEP = re.compile(r"^step-(\d+)/")
 
 
 def step_dir(prefix: str, step: int) -> str:
@@ -31,7 +37,10 @@ def save_checkpoint(
     ema: EMAModel,
     optimizer: torch.optim.Optimizer,
     state: dict[str, Any],
+    keep: int | None = None,
 ) -> str:
+    """Write the checkpoint's files to local disk, stream them to the store, publish them by
+    rewriting latest.json, and only then delete all but the newest `keep` checkpoints."""
     with tempfile.TemporaryDirectory() as tmp:
         d = Path(tmp)
         model.save_pretrained(d / "model")
@@ -40,6 +49,8 @@ def save_checkpoint(
         (d / "state.json").write_text(json.dumps({**state, "step": step}))
         target = step_dir(prefix, step)
         store.publish(d, target, f"{prefix}/latest.json", {"step": step})
+    if keep is not None:
+        prune_checkpoints(store, prefix, keep)
     return target
 
 
@@ -69,6 +80,21 @@ def load_ema(path: Path, model_cls: Any) -> EMAModel:
     ema = EMAModel(model.parameters(), model_cls=model_cls, model_config=model.config)
     ema.load_state_dict(json.loads(state_file.read_text()))
     return ema
+
+
+def prune_checkpoints(store: Store, prefix: str, keep: int) -> list[int]:
+    """Delete the checkpoints older than the newest `keep` ones; never the one latest.json
+    names. Returns the steps deleted. Safe at any moment: latest.json already points past them."""
+    pointer = store.get_json_or_none(f"{prefix}/latest.json")
+    if pointer is None:
+        return []
+    base = f"{prefix}/checkpoints/"
+    steps = sorted({int(m.group(1)) for k in store.keys(base) if (m := _STEP.match(k[len(base) :]))})
+    doomed = [s for s in steps[: max(0, len(steps) - keep)] if step_dir(prefix, s) != pointer["prefix"]]
+    for s in doomed:
+        store.delete_prefix(step_dir(prefix, s))
+    return doomed
+
 
 
 def fetch_checkpoint(store: Store, prefix: str, local: Path) -> tuple[int, Path] | None:

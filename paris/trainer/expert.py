@@ -1,8 +1,8 @@
 """`paris train expert`: one DiT on one cluster's shards, and nothing else.
 
 The expert reads only `datasets/<d>/clusters/<k>/` (plus the manifest and the empty
-caption's encoding) and writes only `models/<m>/experts/<k>/`: no gradient, parameter or
-activation ever leaves the process.
+caption's encoding), a window of part files at a time, and writes only
+`models/<m>/experts/<k>/`: no gradient, parameter or activation ever leaves the process.
 """
 
 from __future__ import annotations
@@ -10,8 +10,9 @@ from __future__ import annotations
 import torch
 
 from paris.config import RunConfig, TrainConfig
-from paris.data.shards import ShardSet, load_manifest, load_null_text, load_split
-from paris.layout import expert_prefix
+from paris.data.shards import load_manifest, load_null_text, split_shards
+from paris.data.stream import Batches, ShardStream
+from paris.layout import dataset_prefix, expert_prefix
 from paris.plots import save_loss_plot
 from paris.storage import Store
 from paris.trainer.flow import flow_loss, interpolate, model_timestep, sample_t
@@ -19,12 +20,12 @@ from paris.trainer.loop import LossFn, TrainResult, train
 from paris.trainer.model import build_expert, count_params, expert_velocity
 
 
-def expert_loss(data: ShardSet, null_states: torch.Tensor, null_mask: torch.Tensor, cfg: TrainConfig) -> LossFn:
-    n, b = len(data), cfg.batch_size
+def expert_loss(stream: Batches, null_states: torch.Tensor, null_mask: torch.Tensor, cfg: TrainConfig) -> LossFn:
+    b = cfg.batch_size
     null_states = null_states.float()
 
     def loss_fn(model: torch.nn.Module, g: torch.Generator, device: torch.device) -> torch.Tensor:
-        idx = torch.randint(n, (b,), generator=g)
+        data, idx = stream.batch(g, b)
         x0 = data.latents[idx]
         text, mask = data.text_states[idx].float(), data.text_mask[idx]
         drop = torch.rand(b, generator=g) < cfg.caption_dropout  # empty caption: learns p(x) for CFG
@@ -40,16 +41,29 @@ def expert_loss(data: ShardSet, null_states: torch.Tensor, null_mask: torch.Tens
 
 def train_expert(cfg: RunConfig, cluster: int, store: Store) -> TrainResult:
     manifest = load_manifest(store, cfg.data.name)
-    data = load_split(store, manifest, cluster)
+    parts = split_shards(manifest, cluster)
     null_states, null_mask = load_null_text(store, manifest)
     # Each expert has its own random streams: weight init and the loop's per-step draws.
     tcfg = cfg.train.model_copy(update={"seed": cfg.train.seed * 100_003 + cluster})
     torch.manual_seed(tcfg.seed)
     model = build_expert(cfg.expert, manifest["latent"], manifest["text"]["dim"])
     prefix = expert_prefix(cfg.model, cluster)
-    meta = {"cluster": cluster, "samples": len(data), "params": count_params(model)}
-    result = train(
-        model, expert_loss(data, null_states, null_mask, tcfg), tcfg, store, prefix, f"expert {cluster}", meta
+    stream = ShardStream(
+        store, dataset_prefix(cfg.data.name), parts, tcfg.batch_size * tcfg.grad_accum, tcfg.window, tcfg.seed
     )
+    meta = {"cluster": cluster, "samples": stream.samples, "params": count_params(model)}
+    try:
+        result = train(
+            model,
+            expert_loss(stream, null_states, null_mask, tcfg),
+            tcfg,
+            store,
+            prefix,
+            f"expert {cluster}",
+            meta,
+            on_step=stream.at_step,
+        )
+    finally:
+        stream.close()
     save_loss_plot(store, f"{prefix}/loss.png", {f"expert {cluster}": result.history})
     return result

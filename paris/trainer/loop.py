@@ -24,44 +24,13 @@ from diffusers.training_utils import EMAModel
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from paris.config import TrainConfig
+from paris.devices import autocast_dtype, resolve_device  # re-exported: used from here elsewhere
 from paris.errors import TrainingError
 from paris.progress import bar, console
 from paris.storage import Store
 from paris.trainer.checkpoint import fetch_checkpoint, load_ema, save_checkpoint
 
 LossFn = Callable[[torch.nn.Module, torch.Generator, torch.device], torch.Tensor]
-
-
-def resolve_device(spec: str) -> torch.device:
-    if spec != "auto":
-        return torch.device(spec)
-    if torch.cuda.is_available():
-        return torch.device("cuda")
-    if torch.backends.mps.is_available():
-        return torch.device("mps")
-    return torch.device("cpu")
-
-
-def _cpu_has_amx() -> bool:
-    try:
-        return "amx_bf16" in Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-
-
-def autocast_dtype(mode: str, device: torch.device) -> torch.dtype | None:
-    """bf16 where it is fast: CUDA with bf16 support, or a CPU with AMX tiles."""
-    if mode == "no":
-        return None
-    if mode == "bf16":
-        return torch.bfloat16
-    if mode == "fp16":
-        return torch.float16
-    if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    if device.type == "cpu" and _cpu_has_amx():
-        return torch.bfloat16
-    return None
 
 
 def attention_backend(device: torch.device) -> AbstractContextManager[None]:
@@ -99,8 +68,10 @@ def train(
     prefix: str,
     label: str,
     meta: dict[str, Any] | None = None,
+    on_step: Callable[[int], None] | None = None,
 ) -> TrainResult:
-    """Train `model` for cfg.steps optimizer steps, checkpointing to `prefix` in the store."""
+    """Train `model` for cfg.steps optimizer steps, checkpointing to `prefix` in the store.
+    `on_step(step)` runs before each step (the data stream moves its window there)."""
     _no_collectives()
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -162,6 +133,7 @@ def train(
             ema,
             optimizer,
             {"lr_scheduler": lr_sched.state_dict(), "history": history, **(meta or {})},
+            keep=cfg.keep_checkpoints,
         )
 
     t0 = time.time()
@@ -170,6 +142,8 @@ def train(
     with bar(label) as progress, attention_backend(device):
         task = progress.add_task(label, total=cfg.steps, completed=start, info="")
         for step in range(start, cfg.steps):
+            if on_step is not None:
+                on_step(step)
             total = torch.zeros((), device=device)
             for micro in range(cfg.grad_accum):
                 g = step_generator(cfg.seed, step, micro)

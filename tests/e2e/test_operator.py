@@ -145,7 +145,8 @@ def operator(k8s_cluster: Cluster, k8s_namespace: str, minio_server: MinioServer
         if op.proc is None:
             op.start()
         k8s_cluster.kubectl(
-            "delete", "parisexperts,parisrouters", "--all", "-n", k8s_namespace, "--timeout=60s", check=False
+            "delete", "parisexperts,parisrouters,parisdatasets", "--all", "-n", k8s_namespace, "--timeout=60s",
+            check=False,
         )
         op.stop()
         k8s_cluster.kubectl("delete", "clusterrolebinding,clusterrole", role, "--ignore-not-found", check=False)
@@ -222,6 +223,12 @@ def prepare_dataset(minio: MinioServer, bucket: str, tmp_path: Path) -> None:
     )
     assert res.returncode == 0, res.stdout + res.stderr
     assert "into 8 clusters" in res.stdout + res.stderr
+
+
+def pod_env(minio: MinioServer) -> dict[str, str]:
+    """What the played pods get besides their own env: the test MinIO, one thread, and this
+    checkout's `paris` on PYTHONPATH (whatever the venv's editable install points at)."""
+    return {"PARIS_S3_ENDPOINT": minio.url, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
 
 
 def create_secret(cluster: Cluster, ns: str, minio: MinioServer, name: str = "paris-s3") -> None:
@@ -357,7 +364,7 @@ def test_digits_run_from_manifests_to_png(
     bucket = minio_server.make_bucket()
     prepare_dataset(minio_server, bucket, tmp_path)
     create_secret(cluster, ns, minio_server)
-    pod_runner.env.update({"PARIS_S3_ENDPOINT": minio_server.url, "OMP_NUM_THREADS": "1"})
+    pod_runner.env.update(pod_env(minio_server))
 
     def debug() -> str:
         return f"{cluster.kubectl('get', 'paris,jobs,pods', '-n', ns, '-o', 'wide', check=False).stdout}\n" + (
@@ -560,7 +567,7 @@ def test_a_queued_expert_waits_for_admission_then_outlives_its_cleaned_up_job(
     bucket = minio_server.make_bucket()
     prepare_dataset(minio_server, bucket, tmp_path)
     create_secret(cluster, ns, minio_server)
-    pod_runner.env.update({"PARIS_S3_ENDPOINT": minio_server.url, "OMP_NUM_THREADS": "1"})
+    pod_runner.env.update(pod_env(minio_server))
     expert = example_experts(bucket, steps=4)[6]  # a cpu-pool expert, cluster 6
     expert["spec"].update(queueName="team-a", ttlSecondsAfterFinished=3)
     name, job_name = expert["metadata"]["name"], f"{expert['metadata']['name']}-train"

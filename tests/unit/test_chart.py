@@ -45,6 +45,7 @@ def test_renders_crds_operator_and_rbac() -> None:
     assert {d["metadata"]["name"] for d in by_kind(docs, "CustomResourceDefinition")} == {
         "parisexperts.paris.dev",
         "parisrouters.paris.dev",
+        "parisdatasets.paris.dev",
     }
     (dep,) = by_kind(docs, "Deployment")
     pod = dep["spec"]["template"]["spec"]

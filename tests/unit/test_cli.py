@@ -27,7 +27,10 @@ def test_every_command_runs_for_two_steps(prepared: Path) -> None:
     cfg = str(prepared / "cfg.yaml")
     store = prepared / "store"
     manifest = json.loads((store / "datasets/digits-mini/manifest.json").read_text())
-    assert manifest["num_clusters"] == 2 and sum(c["size"] for c in manifest["clusters"]) == 240
+    assert manifest["num_clusters"] == 2 and manifest["num_samples"] == 300
+    # Held-out membership is a hash of each sample's key: about 20%, every sample exactly once.
+    assert sum(c["size"] for c in manifest["clusters"]) + manifest["holdout"]["size"] == 300
+    assert 40 <= manifest["holdout"]["size"] <= 80
 
     for k in ("0", "1"):
         r = paris_cli("train", "expert", cfg, "--cluster", k)
@@ -120,7 +123,8 @@ def test_corrupted_shard(prepared: Path, tmp_path: Path) -> None:
 
     store = tmp_path / "store"
     shutil.copytree(prepared / "store" / "datasets", store / "datasets")
-    shard = store / "datasets/digits-mini/clusters/1/shard-00000.safetensors"
+    manifest = json.loads((store / "datasets/digits-mini/manifest.json").read_text())
+    shard = store / "datasets/digits-mini" / manifest["clusters"][1]["shards"][0]["key"]
     shard.write_bytes(shard.read_bytes()[:-100])
     cfg = write_config(tmp_path / "c.yaml", tiny_config(f"file://{store}"))
     _assert_one_line_error(paris_cli("train", "expert", str(cfg), "--cluster", "1"), "corrupted shard")

@@ -12,12 +12,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from fastapi.testclient import TestClient
 from PIL import Image
 
-from paris.config import DataConfig, TextEncoderConfig
+from paris.config import DataConfig, TextEncoderConfig, parse_config
 from paris.data.clustering import two_stage_kmeans
 from paris.data.encoders import OpenClipTextEncoder
+from paris.data.shards import read_shard
 from paris.data.sources import load_samples
+from paris.router.pipeline import ParisPipeline
+from paris.router.server import create_app, pipeline_loader
+from paris.storage import LocalStore
+from tests import tiny_models
 from tests.helpers import paris_cli, tiny_config, write_config
 
 
@@ -41,25 +47,12 @@ def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def tiny_vae(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from diffusers import AutoencoderKL
-
-    path = tmp_path_factory.mktemp("vae")
-    AutoencoderKL(block_out_channels=(8, 16), down_block_types=("DownEncoderBlock2D",) * 2,
-                  up_block_types=("UpDecoderBlock2D",) * 2, latent_channels=4, norm_num_groups=8,
-                  sample_size=16).save_pretrained(path)
-    return path
+    return tiny_models.tiny_vae(tmp_path_factory.mktemp("vae"))
 
 
 @pytest.fixture(scope="module")
 def tiny_dinov2(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from transformers import BitImageProcessor, Dinov2Config, Dinov2Model
-
-    path = tmp_path_factory.mktemp("dinov2")
-    # transformers types config kwargs loosely: these are Dinov2Config's documented fields.
-    Dinov2Model(Dinov2Config(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
-                             image_size=28, patch_size=14)).save_pretrained(path)  # type: ignore[call-arg]
-    BitImageProcessor(size={"shortest_edge": 28}, crop_size={"height": 28, "width": 28}).save_pretrained(path)
-    return path
+    return tiny_models.tiny_dinov2(tmp_path_factory.mktemp("dinov2"))
 
 
 def test_folder_source_reads_captions_and_rgb(folder: Path) -> None:
@@ -78,24 +71,59 @@ def test_webdataset_source(folder: Path, tmp_path: Path) -> None:
     assert [s.caption for s in samples] == [f"caption {i}" for i in range(6)]
 
 
-def test_run_on_a_folder_with_a_vae_and_dinov2_features(folder: Path, tiny_vae: Path, tiny_dinov2: Path,
-                                                        tmp_path: Path) -> None:
+@pytest.fixture(scope="module")
+def tiny_clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tiny_models.tiny_open_clip(tmp_path_factory.mktemp("clip"))
+
+
+def test_the_papers_configuration_runs_end_to_end_then_generates_evaluates_and_serves(
+    folder: Path, tiny_vae: Path, tiny_dinov2: Path, tiny_clip: Path, tmp_path: Path
+) -> None:
+    """VAE latents, DINOv2 clustering features and open_clip caption states (small random
+    local models standing in for sd-vae-ft-mse, DINOv2 and CLIP ViT-L/14), through `paris run`."""
     cfg = tiny_config(
         f"file://{tmp_path}/store",
         data={"name": "squares", "source": "folder", "path": str(folder), "image_size": 16, "limit": None,
               "vae": str(tiny_vae), "features": {"kind": "dinov2", "path": str(tiny_dinov2), "pca_dim": 8},
+              "text_encoder": {"kind": "open_clip", "model": str(tiny_clip), "max_length": 12},
               "clusters": 2, "fine_clusters": 4, "holdout_fraction": 0.0},
         sample={"prompts": ["a red square"], "routing": ["top1"]},
         expert={"patch_size": 1},
         router={"model": {"patch_size": 1}},
     )
-    r = paris_cli("run", str(write_config(tmp_path / "c.yaml", cfg)), "--logs", str(tmp_path / "logs"))
+    path = write_config(tmp_path / "c.yaml", cfg)
+    r = paris_cli("run", str(path), "--logs", str(tmp_path / "logs"))
     assert r.returncode == 0, r.stderr
-    manifest = json.loads((tmp_path / "store/datasets/squares/manifest.json").read_text())
+    store = tmp_path / "store"
+    manifest = json.loads((store / "datasets/squares/manifest.json").read_text())
     assert manifest["latent"]["space"] == "vae" and manifest["latent"]["channels"] == 4
     assert manifest["latent"]["size"] == 8  # two VAE blocks: 16 px -> 8 latent
-    assert (tmp_path / "store/models/tiny/pipeline/vae/config.json").is_file()
-    assert (tmp_path / "store/models/tiny/samples/top1.png").is_file()
+    assert manifest["text"]["kind"] == "open_clip" and manifest["text"]["dim"] == 32
+    index = json.loads((store / "models/tiny/pipeline/model_index.json").read_text())
+    assert index["text_encoder"] == ["paris.router.text", "OpenClipTextModel"]
+    assert (store / "models/tiny/pipeline/vae/config.json").is_file()
+    assert (store / "models/tiny/samples/top1.png").is_file()
+
+    # The pipeline's text encoder gives the token states the training captions were encoded to.
+    pipe = ParisPipeline.from_pretrained(store / "models/tiny/pipeline")
+    part = read_shard(LocalStore(store), "datasets/squares", manifest["clusters"][0]["shards"][0])
+    states, mask = pipe.encode_prompt([part.captions[0]])
+    assert torch.equal(mask[0], part.text_mask[0])
+    torch.testing.assert_close(states[0][mask[0]], part.text_states[0][mask[0]].float(), atol=2e-2, rtol=1e-2)
+
+    r = paris_cli("generate", str(path), "-p", "a blue square", "--count", "2", "--out", str(tmp_path / "gen"))
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "gen/grid.png").is_file() and len(list((tmp_path / "gen").glob("000-*.png"))) == 2
+    r = paris_cli("eval", str(path))
+    assert r.returncode == 0, r.stderr
+    assert json.loads((store / "models/tiny/eval.json").read_text())["modes"]["top1"]["usage"]
+
+    run_cfg = parse_config(cfg)
+    with TestClient(create_app(pipeline_loader(run_cfg), run_cfg.sample)) as client:
+        assert client.app.state.loaded.wait(120)  # type: ignore[attr-defined]
+        resp = client.post("/v1/generate", json={"prompt": "a green square", "steps": 2, "count": 2})
+        assert resp.status_code == 200, resp.text
+        assert resp.content[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_open_clip_text_tower_gives_every_token_state() -> None:

@@ -25,9 +25,17 @@ class RecordingStore(LocalStore):
         self.reads.add(key)
         return super().get_bytes(key)
 
+    def get_file(self, key: str, path: Path) -> Path:
+        self.reads.add(key)
+        return super().get_file(key, path)
+
     def put_bytes(self, key: str, data: bytes) -> None:
         self.writes.add(key)
         super().put_bytes(key, data)
+
+    def put_file(self, key: str, path: Path) -> None:
+        self.writes.add(key)
+        super().put_file(key, path)
 
 
 def test_an_expert_reads_its_cluster_and_writes_its_prefix_only(tmp_path: Path) -> None:

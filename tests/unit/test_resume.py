@@ -32,7 +32,9 @@ def _final_weights(store: Path, which: str) -> dict[str, torch.Tensor]:
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("resume")
-    cfg = parse_config(tiny_config(f"file://{root}/data"))
+    # Small parts and a one-part window: the stream changes windows (and prefetches) many
+    # times over the run, across the kill and the resume.
+    cfg = parse_config(tiny_config(f"file://{root}/data", data={"shard_size": 30}))
     prepare_dataset(cfg.data, LocalStore(root / "data"))
     return root / "data" / "datasets"
 
@@ -45,9 +47,10 @@ def _store_with_data(dataset: Path, dest: Path) -> Path:
 
 
 def test_resume_after_sigkill_matches_an_uninterrupted_run(dataset: Path, tmp_path: Path) -> None:
-    train = {"steps": STEPS, "checkpoint_every": 10, "log_every": 5, "threads": 1}
+    train = {"steps": STEPS, "checkpoint_every": 10, "log_every": 5, "threads": 1, "window": 1}
     stores = {name: _store_with_data(dataset, tmp_path / name) for name in ("straight", "killed")}
-    cfgs = {name: write_config(tmp_path / f"{name}.yaml", tiny_config(f"file://{s}", train=train))
+    cfgs = {name: write_config(tmp_path / f"{name}.yaml", tiny_config(f"file://{s}", train=train,
+                                                                      data={"shard_size": 30}))
             for name, s in stores.items()}
 
     r = paris_cli("train", "expert", str(cfgs["straight"]), "--cluster", "0")

@@ -9,6 +9,7 @@ import torch
 
 from paris.config import RouterModelConfig, TrainConfig
 from paris.data.shards import ShardSet
+from paris.data.stream import InMemory
 from paris.router.model import build_router
 from paris.router.train import router_loss
 
@@ -41,7 +42,7 @@ def test_caption_dropout_replaces_captions_with_the_empty_one() -> None:
 
     def loss(d: ShardSet, p: float) -> torch.Tensor:
         cfg = TrainConfig(batch_size=8, caption_dropout=p)
-        return router_loss(d, null, cfg)(model, torch.Generator().manual_seed(1), cpu)
+        return router_loss(InMemory(d), null, cfg)(model, torch.Generator().manual_seed(1), cpu)
 
     # p=1 drops every caption: the same loss as data whose captions are all empty (1e-9: the
     # same random draws, but nothing dropped).

@@ -1,4 +1,5 @@
-"""Shard round trip, checksums, and the corrupted-shard error."""
+"""Part files: the streamed safetensors writer's round trip, checksums, and the
+corrupted-shard error."""
 
 from __future__ import annotations
 
@@ -6,8 +7,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import load_file
 
-from paris.data.shards import ShardSet, read_shard, write_shards
+from paris.data.shards import FIELDS, PartWriter, ShardSet, read_shard
 from paris.errors import DataError
 from paris.storage import LocalStore
 
@@ -21,26 +23,39 @@ def _shardset(n: int) -> ShardSet:
         labels=torch.arange(n) % 10,
         clusters=torch.zeros(n, dtype=torch.long),
         captions=[f"caption {i} ünïcode" for i in range(n)],
+        keys=[f"img/{i}.png" for i in range(n)],
     )
 
 
-def test_round_trip_across_several_shards(tmp_path: Path) -> None:
+def _write(store: LocalStore, s: ShardSet, shard_size: int, batch: int = 4) -> list[dict[str, object]]:
+    writer = PartWriter(store, "ds", index=3, shard_size=shard_size)
+    for start in range(0, len(s), batch):  # batches arrive one at a time, as from the encoders
+        sl = slice(start, start + batch)
+        writer.add(0, {f: getattr(s, f)[sl] for f in FIELDS}, s.captions[sl], s.keys[sl])
+    return writer.close()
+
+
+def test_streamed_parts_round_trip_across_several_files(tmp_path: Path) -> None:
     store = LocalStore(tmp_path)
     s = _shardset(23)
-    infos = write_shards(store, "ds/clusters/0", s, shard_size=10)
+    infos = _write(store, s, shard_size=10)
     assert [i["samples"] for i in infos] == [10, 10, 3]
-    back = ShardSet.concat([read_shard(store, "", {**i, "key": i["key"]}) for i in infos])
-    for f in ("latents", "text_states", "text_mask", "labels", "clusters"):
+    assert [i["key"] for i in infos] == [f"clusters/0/part-00003-0000{j}.safetensors" for j in range(3)]
+    back = ShardSet.concat([read_shard(store, "ds", i) for i in infos])
+    for f in FIELDS:
         assert torch.equal(getattr(back, f), getattr(s, f)), f
-    assert back.captions == s.captions
+    assert back.captions == s.captions and back.keys == s.keys
+    # The files are plain safetensors: the library reads them too.
+    assert load_file(tmp_path / "ds" / str(infos[0]["key"]))["latents"].shape == (10, 1, 8, 8)
+    assert infos[0]["label_histogram"] == [1] * 10
 
 
 def test_a_corrupted_shard_is_refused_with_its_name(tmp_path: Path) -> None:
     store = LocalStore(tmp_path)
-    (info,) = write_shards(store, "ds/clusters/0", _shardset(4), shard_size=10)
-    path = tmp_path / info["key"]
+    (info,) = _write(store, _shardset(4), shard_size=10)
+    path = tmp_path / "ds" / str(info["key"])
     data = bytearray(path.read_bytes())
     data[-3] ^= 0xFF
     path.write_bytes(bytes(data))
-    with pytest.raises(DataError, match=r"corrupted shard .*shard-00000"):
-        read_shard(store, "", info)
+    with pytest.raises(DataError, match=r"corrupted shard .*part-00003-00000"):
+        read_shard(store, "ds", info)

@@ -41,11 +41,18 @@ class FailingStore(LocalStore):
         super().__init__(root)
         self.budget = budget
 
-    def put_bytes(self, key: str, data: bytes) -> None:
+    def _spend(self) -> None:
         if self.budget == 0:
             raise OSError("killed mid-upload")
         self.budget -= 1
+
+    def put_bytes(self, key: str, data: bytes) -> None:
+        self._spend()
         super().put_bytes(key, data)
+
+    def put_file(self, key: str, path: Path) -> None:
+        self._spend()
+        super().put_file(key, path)
 
 
 def test_local_store_contract(tmp_path: Path) -> None:
