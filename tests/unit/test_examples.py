@@ -8,14 +8,16 @@ from typing import Any
 
 import pytest
 import yaml
+from pydantic import BaseModel
 
-from paris.config import ParisExpertSpec, ParisRouterSpec, RunConfig, load_config
+from paris.config import ParisDatasetSpec, ParisExpertSpec, ParisRouterSpec, RunConfig, load_config
 
 REPO = Path(__file__).resolve().parents[2]
 K8S = REPO / "examples" / "k8s"
-SPECS: dict[str, type[ParisExpertSpec] | type[ParisRouterSpec]] = {
+SPECS: dict[str, type[BaseModel]] = {
     "ParisExpert": ParisExpertSpec,
     "ParisRouter": ParisRouterSpec,
+    "ParisDataset": ParisDatasetSpec,
 }
 
 
