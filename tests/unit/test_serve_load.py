@@ -169,6 +169,20 @@ def test_a_full_queue_answers_429_with_retry_after_while_probes_still_answer(tin
         assert [f.result().status_code for f in held] == [200, 200, 200]
 
 
+def test_probes_answer_while_more_requests_wait_than_a_threadpool_has_threads(tiny: ParisPipeline) -> None:
+    """The reported failure: past ~40 waiting requests, /healthz queued behind them (sync
+    handlers share anyio's 40 worker threads) and the liveness probe restarted the pod."""
+    rec = Recording(tiny)
+    rec.gate = threading.Event()
+    with server(rec, max_queue=64) as (url, app), ThreadPoolExecutor(50) as pool:
+        waiting = [pool.submit(post, url, {"prompt": f"p{i}"}) for i in range(50)]
+        eventually(lambda: len(app.state.batcher.pending) == 49, 180, "49 requests queued behind a held call")
+        for path in ("/healthz", "/readyz", "/metrics"):
+            assert httpx.get(url + path, timeout=10).status_code == 200, path
+        rec.gate.set()
+        assert all(f.result().status_code == 200 for f in waiting)
+
+
 def test_a_request_past_its_timeout_gets_504_and_leaves_the_queue(tiny: ParisPipeline) -> None:
     rec = Recording(tiny)
     rec.gate = threading.Event()
