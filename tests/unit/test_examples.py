@@ -8,13 +8,12 @@ from typing import Any
 
 import pytest
 import yaml
-from pydantic import BaseModel
 
 from paris.config import ParisDatasetSpec, ParisExpertSpec, ParisRouterSpec, RunConfig, load_config
 
 REPO = Path(__file__).resolve().parents[2]
 K8S = REPO / "examples" / "k8s"
-SPECS: dict[str, type[BaseModel]] = {
+SPECS: dict[str, type[ParisExpertSpec] | type[ParisRouterSpec] | type[ParisDatasetSpec]] = {
     "ParisExpert": ParisExpertSpec,
     "ParisRouter": ParisRouterSpec,
     "ParisDataset": ParisDatasetSpec,
@@ -56,3 +55,11 @@ def test_the_k8s_experts_cover_every_cluster_of_the_k8s_dataset() -> None:
     experts = [ParisExpertSpec.model_validate(d["spec"]) for _, d in manifests() if d["kind"] == "ParisExpert"]
     assert sorted(e.cluster for e in experts) == list(range(data.data.clusters))
     assert {e.data.name for e in experts} == {data.data.name}
+
+
+def test_the_k8s_parisdataset_prepares_what_the_k8s_dataset_config_does() -> None:
+    """examples/k8s/parisdataset.yaml is the in-cluster way to make the same digits dataset."""
+    data = load_config(K8S / "dataset.yaml").data
+    (doc,) = [d for _, d in manifests() if d["kind"] == "ParisDataset"]
+    spec = ParisDatasetSpec.model_validate(doc["spec"])
+    assert spec.data == data
