@@ -52,9 +52,13 @@ class ShardStream:
         window: int,
         seed: int,
         reader: Callable[[Store, str, dict[str, Any]], ShardSet] = read_shard,
+        groups: list[int] | None = None,
     ) -> None:
         if not parts:
             raise ValueError("a stream needs at least one part")
+        if groups is not None and len(groups) != len(parts):
+            raise ValueError("one group per part")
+        self.groups = groups
         self.store, self.root, self.parts, self.reader = store, root, parts, reader
         self.window = max(1, min(window, len(parts)))
         self.samples_per_step, self.seed = samples_per_step, seed
@@ -73,11 +77,7 @@ class ShardStream:
         while len(self._epochs) <= e:
             k = len(self._epochs)
             g = torch.Generator().manual_seed(self.seed * 1_000_003 + 7_919 * k + 17)
-            order = (
-                torch.randperm(len(self.parts), generator=g).tolist()
-                if len(self.parts) > self.window
-                else list(range(len(self.parts)))
-            )
+            order = self._order(g) if len(self.parts) > self.window else list(range(len(self.parts)))
             windows = []
             for w in range(0, len(order), self.window):
                 ids = order[w : w + self.window]
@@ -86,6 +86,22 @@ class ShardStream:
             self._epochs.append(windows)
             self._starts.append(self._starts[-1] + sum(s for s, _ in windows))
         return self._epochs[e]
+
+    def _order(self, g: torch.Generator) -> list[int]:
+        """An epoch's order of parts. With groups (the router: one per cluster), each group's
+        parts are spread evenly through the epoch, so every window mixes the clusters in their
+        proportions instead of showing a few clusters at a time."""
+        if self.groups is None:
+            return torch.randperm(len(self.parts), generator=g).tolist()
+        members: dict[int, list[int]] = {}
+        for i, group in enumerate(self.groups):
+            members.setdefault(group, []).append(i)
+        keyed: list[tuple[float, int]] = []
+        for ids in members.values():
+            rank = torch.randperm(len(ids), generator=g).tolist()
+            jitter = torch.rand(len(ids), generator=g).tolist()
+            keyed += [((r + u) / len(ids), i) for i, r, u in zip(ids, rank, jitter, strict=True)]
+        return [i for _, i in sorted(keyed)]
 
     def window_at(self, step: int) -> tuple[int, int]:
         """(epoch, window) that step `step` draws from."""

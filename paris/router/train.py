@@ -101,10 +101,17 @@ def train_router(cfg: RunConfig, store: Store) -> tuple[TrainResult, list[dict[s
     manifest = load_manifest(store, cfg.data.name)
     k = manifest["num_clusters"]
     tcfg = cfg.router.train
-    # Every cluster's parts in one stream: windows mix clusters, and nothing loads them all.
-    parts = [p for i in range(k) for p in split_shards(manifest, i)]
+    # Every cluster's parts in one stream, each window mixing the clusters in proportion (the
+    # parts of a cluster are spread through the epoch); nothing loads them all.
+    split = [(i, p) for i in range(k) for p in split_shards(manifest, i)]
     stream = ShardStream(
-        store, dataset_prefix(cfg.data.name), parts, tcfg.batch_size * tcfg.grad_accum, tcfg.window, tcfg.seed
+        store,
+        dataset_prefix(cfg.data.name),
+        [p for _, p in split],
+        tcfg.batch_size * tcfg.grad_accum,
+        tcfg.window,
+        tcfg.seed,
+        groups=[i for i, _ in split],
     )
     torch.manual_seed(tcfg.seed)
     model = build_router(cfg.router.model, k, manifest["latent"], manifest["text"]["dim"])

@@ -78,3 +78,17 @@ def test_a_split_that_fits_in_one_window_is_read_once(parts: tuple[LocalStore, l
     stream.close()
     assert len(reader.reads) == len(infos) and seen == set(range(95))
     assert set(FIELDS) <= set(vars(stream.data))
+
+
+def test_grouped_parts_are_spread_so_every_window_mixes_the_groups(
+    parts: tuple[LocalStore, list[dict[str, Any]]],
+) -> None:
+    store, infos = parts
+    groups = [0] * 4 + [1] * 4 + [2] * 2  # three clusters' parts, as the router streams them
+    stream = ShardStream(store, "ds", infos, samples_per_step=8, window=3, seed=0, groups=groups)
+    for e in range(5):
+        windows = [ids for _, ids in stream._epoch(e)]
+        assert sorted(i for ids in windows for i in ids) == list(range(10))  # each part once per epoch
+        for ids in windows[:3]:  # full windows of 3 hold 3 different clusters... or nearly
+            assert len({groups[i] for i in ids}) >= 2, windows
+    stream.close()
