@@ -457,7 +457,8 @@ def pipeline_loader(cfg: RunConfig) -> Callable[[], Any]:
         from paris.trainer.loop import resolve_device
 
         local = Path(tempfile.mkdtemp(prefix="paris-pipeline-"))
-        pipe = load_pipeline(open_store(cfg.storage), cfg.model, local)
+        # Serving only reads: a read-only credential must be enough (no bucket creation).
+        pipe = load_pipeline(open_store(cfg.storage, read_only=True), cfg.model, local)
         pipe.set_progress_bar_config(disable=True)
         return pipe.to(resolve_device(cfg.sample.device))
 

@@ -242,16 +242,11 @@ def create_secret(cluster: Cluster, ns: str, minio: MinioServer, name: str = "pa
 
 
 def create_read_only_secret(cluster: Cluster, ns: str, minio: MinioServer, bucket: str, name: str) -> None:
-    """A MinIO user with the built-in readonly policy, in a Secret with the usual keys."""
-    from minio import Minio, MinioAdmin
-    from minio.credentials import StaticProvider
+    """A MinIO user that may only list and read the bucket, in a Secret with the usual keys."""
+    from minio import Minio
     from minio.error import S3Error
 
-    user, key = "reader-" + secrets.token_hex(3), secrets.token_urlsafe(24)
-    admin = MinioAdmin(endpoint=minio.endpoint, credentials=StaticProvider(minio.access_key, minio.secret_key),
-                       secure=False)
-    admin.user_add(user, key)
-    admin.attach_policy(["readonly"], user=user)
+    user, key = minio.read_only_user(bucket)
     reader = Minio(minio.endpoint, access_key=user, secret_key=key, secure=False)
     with pytest.raises(S3Error, match="Access Denied"):
         reader.put_object(bucket, "probe", io.BytesIO(b"x"), 1)

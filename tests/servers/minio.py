@@ -45,6 +45,24 @@ class MinioServer:
         self.client().make_bucket(name)
         return name
 
+    def read_only_user(self, bucket: str) -> tuple[str, str]:
+        """A new user that may list and read `bucket` and nothing else: (access key, secret key)."""
+        from minio import MinioAdmin
+        from minio.credentials import StaticProvider
+
+        user, key = "reader-" + secrets.token_hex(3), secrets.token_urlsafe(24)
+        admin = MinioAdmin(endpoint=self.endpoint, credentials=StaticProvider(self.access_key, self.secret_key),
+                           secure=False)
+        arn = f"arn:aws:s3:::{bucket}"
+        statements = [
+            {"Effect": "Allow", "Action": ["s3:GetBucketLocation", "s3:ListBucket"], "Resource": [arn]},
+            {"Effect": "Allow", "Action": ["s3:GetObject"], "Resource": [f"{arn}/*"]},
+        ]
+        admin.policy_add(f"read-{bucket}", policy={"Version": "2012-10-17", "Statement": statements})
+        admin.user_add(user, key)
+        admin.attach_policy([f"read-{bucket}"], user=user)
+        return user, key
+
     def env(self) -> dict[str, str]:
         """The variables an S3 consumer usually reads; for passing to subprocesses, not os.environ."""
         return {
