@@ -1,7 +1,7 @@
 # Paris on Kubernetes. `make help` lists the targets.
 # kind-* / images / deploy / demo need Docker, kind, kubectl and helm (not available on the dev
-# machines of this project, where the tests run the real control plane from binaries instead:
-# see tests/servers and scripts/test-infra).
+# machines of this project, where the tests run the real control plane from binaries and the
+# images with buildah instead: see tests/servers and scripts/test-infra).
 
 SHELL := /bin/bash
 CLUSTER ?= paris
@@ -40,12 +40,20 @@ test-unit: ## Unit tier (no servers)
 test-e2e: ## Operator e2e on the real control plane (eval "$$(scripts/test-infra env)" first)
 	$(PYTHON) -m pytest tests/e2e/test_operator.py -x -q
 
+.PHONY: images-local
+images-local: ## Build both images without Docker (buildah, as root; cached in $$PARIS_CACHE)
+	scripts/test-infra build images
+
+.PHONY: test-images
+test-images: images-local ## Image hygiene, then the e2e tier with pods and operator inside the images
+	PARIS_POD_RUNTIME=image $(PYTHON) -m pytest tests/e2e -x -q
+
 # ---- a kind cluster (where Docker exists) -------------------------------------------------
 
 .PHONY: images
-images: ## Build the trainer and operator images
-	docker build -f images/trainer/Dockerfile -t $(TRAINER_IMAGE) .
-	docker build -f images/operator/Dockerfile -t $(OPERATOR_IMAGE) .
+images: ## Build the trainer and operator images (Docker with BuildKit)
+	DOCKER_BUILDKIT=1 docker build -f images/trainer/Dockerfile -t $(TRAINER_IMAGE) .
+	DOCKER_BUILDKIT=1 docker build -f images/operator/Dockerfile -t $(OPERATOR_IMAGE) .
 
 .PHONY: kind-up
 kind-up: ## Create the kind cluster: three pools, fake GPUs

@@ -1,12 +1,14 @@
 """The e2e tier's cluster is a real control plane: the built apiserver answers kubectl at the
 pinned version, the real controller-manager turns Jobs into Pods, the real scheduler places
-pods by pool and GPU capacity, and the pod runner plays pods with real exit codes."""
+pods by pool and GPU capacity, and the pod runner plays pods with real exit codes, inside the
+built trainer image (image mode) or as local processes."""
 
 from __future__ import annotations
 
 import json
 import time
 import urllib.request
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +17,7 @@ import yaml
 from kubernetes.client.exceptions import ApiException
 
 from tests.helpers import eventually
+from tests.servers import images
 from tests.servers.cluster import FAKE_NODE_TOLERATIONS, Cluster, Pool, apply_crds, start_cluster
 from tests.servers.minio import MinioServer
 from tests.servers.podrunner import PodRunner
@@ -32,21 +35,24 @@ def pinned(key: str) -> str:
 
 
 
+def image_for(runner: PodRunner) -> str:
+    """The image pods name: the built trainer image where the runner runs images."""
+    return images.image_ref("trainer") if runner.runtime == "image" else "paris/trainer:test"
+
+
 def pod_spec(
-    command: list[str],
+    command: list[str] | None,
     *,
     pool: str = "cpu",
     gpus: int = 0,
     restart: str = "Never",
     env: list[dict[str, Any]] | None = None,
+    image: str = "paris/trainer:test",
     **extra: Any,
 ) -> dict[str, Any]:
-    container: dict[str, Any] = {
-        "name": "main",
-        "image": "paris/trainer:test",
-        "command": command,
-        "env": env or [],
-    }
+    container: dict[str, Any] = {"name": "main", "image": image, "env": env or []}
+    if command is not None:
+        container["command"] = command
     if gpus:
         container["resources"] = {"limits": {"nvidia.com/gpu": str(gpus)}}
     container.update(extra)
@@ -189,9 +195,8 @@ def test_failing_job_reports_the_real_exit_code(
     k8s_cluster: Cluster, k8s_namespace: str, pod_runner: PodRunner
 ) -> None:
     ns = k8s_namespace
-    k8s_cluster.batch().create_namespaced_job(
-        ns, job("fails", pod_spec(["python", "-c", "import sys; print('bye'); sys.exit(3)"]))
-    )
+    cmd = ["python", "-c", "import sys; print('bye'); sys.exit(3)"]
+    k8s_cluster.batch().create_namespaced_job(ns, job("fails", pod_spec(cmd, image=image_for(pod_runner))))
     state = eventually(lambda: job_condition(k8s_cluster, ns, "fails"), what="Job to finish", debug=pod_runner.describe)
     assert state == "Failed"
     pod = job_pods(k8s_cluster, ns, "fails")[0]
@@ -238,8 +243,10 @@ def test_succeeding_job_gets_secret_configmap_and_overrides(
         "c.put_object(os.environ['BUCKET'], 'hello.txt', io.BytesIO(data), len(data))\n"
     )
     pod_runner.env.update({"PARIS_S3_ENDPOINT": minio_server.url, "BUCKET": bucket})
+    # A process finds a venv's absolute path on its PATH; an image has its own python.
+    python = "/opt/venv/bin/python" if pod_runner.runtime == "process" else "python"
     k8s_cluster.batch().create_namespaced_job(
-        ns, job("works", pod_spec(["/opt/venv/bin/python", "-c", script], env=env))
+        ns, job("works", pod_spec([python, "-c", script], env=env, image=image_for(pod_runner)))
     )
     state = eventually(lambda: job_condition(k8s_cluster, ns, "works"), what="Job to finish", debug=pod_runner.describe)
     assert state == "Complete", pod_runner.describe()
@@ -261,7 +268,7 @@ def test_missing_secret_keeps_the_container_waiting_until_it_exists(
     ns, core = k8s_namespace, k8s_cluster.core()
     env = [{"name": "X", "valueFrom": {"secretKeyRef": {"name": "late", "key": "k"}}}]
     cmd = ["python", "-c", "import os, sys; sys.exit(0 if os.environ['X'] == 'v' else 1)"]
-    k8s_cluster.batch().create_namespaced_job(ns, job("late", pod_spec(cmd, env=env)))
+    k8s_cluster.batch().create_namespaced_job(ns, job("late", pod_spec(cmd, env=env, image=image_for(pod_runner))))
 
     def waiting_reason() -> str | None:
         pods = job_pods(k8s_cluster, ns, "late")
@@ -287,6 +294,7 @@ def test_http_deployment_is_reachable_and_stops_with_its_pod(
         gpus=1,
         restart="Always",
         env=[{"name": "PORT", "value": "8000"}],
+        image=image_for(pod_runner),
         ports=[{"containerPort": 8000, "name": "http"}],
         readinessProbe={"httpGet": {"path": "/", "port": "http"}, "periodSeconds": 1},
     )
@@ -321,6 +329,88 @@ def test_http_deployment_is_reachable_and_stops_with_its_pod(
         what="the server process to stop with its pod",
         debug=pod_runner.describe,
     )
+
+
+# ---- the pod runner, image mode --------------------------------------------------------------
+
+# Run inside a pod with a read-only root and an emptyDir at /tmp: prints what it checked.
+SANDBOX = r"""
+set -u
+echo "uid=$(id -u) gid=$(id -g) host=$HOSTNAME"
+echo ok > /tmp/ok && echo tmp=writable
+touch /home/paris/x 2>/dev/null && echo home=writable || echo home=read-only
+touch /etc/x 2>/dev/null && echo etc=writable || echo etc=read-only
+"""
+
+
+def image_mode(runner: PodRunner) -> None:
+    """These tests are about running images: they need the images (or an explicit process mode)."""
+    images.skip_if_process_mode()
+    for name in images.NAMES:
+        images.require_image(name)
+    assert runner.runtime == "image"
+
+
+def waiting(cluster: Cluster, ns: str, name: str) -> Any:
+    statuses = cluster.core().read_namespaced_pod(name, ns).status.container_statuses
+    return statuses[0].state.waiting if statuses else None
+
+
+def test_image_pod_runs_the_entrypoint_as_its_user_with_a_read_only_root_and_an_emptydir(
+    k8s_cluster: Cluster, k8s_namespace: str, pod_runner: PodRunner
+) -> None:
+    image_mode(pod_runner)
+    ns, batch = k8s_namespace, k8s_cluster.batch()
+    ref = images.image_ref("trainer")
+    # No command: the image's ENTRYPOINT (paris) with the pod's args.
+    batch.create_namespaced_job(ns, job("entry", pod_spec(None, image=ref, args=["data", "--help"])))
+    spec = pod_spec(
+        ["sh", "-c", SANDBOX],
+        image=ref,
+        securityContext={"readOnlyRootFilesystem": True, "allowPrivilegeEscalation": False},
+        volumeMounts=[{"name": "tmp", "mountPath": "/tmp"}],
+    )
+    spec["securityContext"] = {"runAsNonRoot": True, "runAsUser": 10001, "runAsGroup": 10001}
+    spec["volumes"] = [{"name": "tmp", "emptyDir": {}}]
+    batch.create_namespaced_job(ns, job("sandbox", spec))
+    for name in ("entry", "sandbox"):
+        state = eventually(partial(job_condition, k8s_cluster, ns, name), what=f"Job {name}", debug=pod_runner.describe)
+        assert state == "Complete", pod_runner.describe()
+
+    entry = job_pods(k8s_cluster, ns, "entry")[0]
+    rec = pod_runner.find(entry.metadata.name, ns)
+    assert rec is not None and rec.argv == ["paris", "data", "--help"]
+    assert "prepare" in pod_runner.logs(entry.metadata.name, ns)
+    status = entry.status.container_statuses[0]
+    assert status.image_id == f"sha256:{images.image_config(ref).id}"
+
+    pod = job_pods(k8s_cluster, ns, "sandbox")[0]
+    rec = pod_runner.find(pod.metadata.name, ns)
+    assert rec is not None
+    out = rec.stdout_path.read_text()
+    assert f"uid=10001 gid=10001 host={pod.metadata.name}" in out, rec.logs()
+    assert "tmp=writable" in out and "home=read-only" in out and "etc=read-only" in out, rec.logs()
+    # The emptyDir is a directory of the pod on the host, as the kubelet keeps it.
+    assert (rec.workdir / "volumes" / "tmp" / "ok").read_text() == "ok\n"
+
+
+def test_image_pod_is_refused_as_root_under_run_as_non_root_and_never_pulls_a_missing_image(
+    k8s_cluster: Cluster, k8s_namespace: str, pod_runner: PodRunner
+) -> None:
+    image_mode(pod_runner)
+    ns, core = k8s_namespace, k8s_cluster.core()
+    root = pod_spec(["true"], image=images.image_ref("trainer"))
+    root["securityContext"] = {"runAsNonRoot": True, "runAsUser": 0}
+    missing = pod_spec(["true"], image="localhost/paris-trainer:never-built")
+    for name, spec in (("as-root", root), ("missing", missing)):
+        core.create_namespaced_pod(ns, {"metadata": {"name": name}, "spec": spec})
+    w = eventually(lambda: waiting(k8s_cluster, ns, "as-root"), what="as-root to wait", debug=pod_runner.describe)
+    assert w.reason == "CreateContainerConfigError" and "runAsNonRoot" in w.message and "root" in w.message
+    w = eventually(lambda: waiting(k8s_cluster, ns, "missing"), what="missing to wait", debug=pod_runner.describe)
+    assert w.reason == "ErrImageNeverPull" and "never-built" in w.message
+    for name in ("as-root", "missing"):
+        rec = pod_runner.find(name, ns)
+        assert rec is not None and rec.pid is None, "nothing ran"
 
 
 # ---- teardown --------------------------------------------------------------------------------

@@ -2,6 +2,10 @@
 pools, the real trainers (played by the pod runner) train against the real MinIO, the router
 trains and rolls out, and the endpoint answers with a PNG.
 
+With the images built (the default of scripts/test; see tests/servers/images.py), the operator
+runs from the operator image and every trainer and serve pod from the trainer image, with the
+pods' users, env, volumes and read-only root; otherwise all of them run as local processes.
+
 Sized for 2 shared CPU cores: 8 tiny experts x 40 steps, a 30-step router, 4 sampling steps.
 """
 
@@ -30,6 +34,7 @@ from kubernetes.client.exceptions import ApiException
 from PIL import Image
 
 from tests.helpers import eventually
+from tests.servers import images
 from tests.servers.cluster import FAKE_NODE_TOLERATIONS, Cluster
 from tests.servers.minio import MinioServer
 from tests.servers.podrunner import PodRunner
@@ -71,8 +76,15 @@ def chart_rbac_kubeconfig(cluster: Cluster, ns: str, workdir: Path) -> tuple[Pat
             {
                 "apiVersion": "v1",
                 "kind": "Config",
+                # The CA inline: the file must work inside the operator's container too.
                 "clusters": [
-                    {"name": "c", "cluster": {"server": cluster.server, "certificate-authority": str(cluster.ca_file)}}
+                    {
+                        "name": "c",
+                        "cluster": {
+                            "server": cluster.server,
+                            "certificate-authority-data": base64.b64encode(cluster.ca_file.read_bytes()).decode(),
+                        },
+                    }
                 ],
                 "users": [{"name": "paris-operator", "user": {"token": token}}],
                 "contexts": [{"name": "c", "context": {"cluster": "c", "user": "paris-operator"}}],
@@ -84,28 +96,58 @@ def chart_rbac_kubeconfig(cluster: Cluster, ns: str, workdir: Path) -> tuple[Pat
 
 
 class Operator:
-    """`kopf run -m paris.operator` as a subprocess against the test cluster; restartable.
-    It authenticates as the chart's ServiceAccount, so RBAC is tested along the way."""
+    """The operator against the test cluster, restartable: the operator image's entrypoint
+    (`kopf run -m paris.operator`) run as the image's user with a read-only root and an emptyDir
+    /tmp, as the chart's Deployment runs it; or, in process mode, the same command from the
+    venv. It authenticates as the chart's ServiceAccount, so RBAC is tested along the way."""
 
-    def __init__(self, cluster: Cluster, namespace: str, minio: MinioServer, workdir: Path, kubeconfig: Path) -> None:
+    def __init__(
+        self, cluster: Cluster, namespace: str, minio: MinioServer, workdir: Path, kubeconfig: Path, runtime: str
+    ) -> None:
         self.cluster, self.namespace, self.minio, self.workdir = cluster, namespace, minio, workdir
         self.kubeconfig = kubeconfig
+        self.runtime = runtime
         self.proc: ServerProcess | None = None
+        self.container: images.Container | None = None
         self.runs = 0
 
     def start(self) -> Operator:
         self.runs += 1
+        # The trainer image the operator puts into pods: the built one, which the pod runner runs.
+        trainer = images.require_image("trainer") if self.runtime == "image" else "paris/trainer:test"
         env = {
-            **{k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "LANG", "VIRTUAL_ENV", "TMPDIR")},
-            "KUBECONFIG": str(self.kubeconfig),
             # Reach the test MinIO from outside the cluster, as the pods do through the runner.
             "PARIS_S3_ENDPOINT": self.minio.url,
-            "PARIS_OPERATOR_CONFIG": yaml.safe_dump({"pollSeconds": 1.0, "trainerImage": "paris/trainer:test"}),
+            "PARIS_OPERATOR_CONFIG": yaml.safe_dump({"pollSeconds": 1.0, "trainerImage": trainer}),
         }
-        argv = [sys.executable, "-m", "kopf", "run", "-m", "paris.operator", "--standalone"]
-        argv += [f"--namespace={self.namespace}", "--verbose"]
+        args = ["--standalone", f"--namespace={self.namespace}", "--verbose"]
+        if self.runtime == "image":
+            ref = images.require_image("operator")
+            self.container = images.Container(ref, images.container_name("operator", self.namespace, str(self.runs)))
+            tmp = self.workdir / f"operator-tmp-{self.runs}"
+            tmp.mkdir()
+            tmp.chmod(0o777)
+            argv = self.container.argv(
+                [*images.image_config(ref).entrypoint, *args],
+                env={**env, "KUBECONFIG": f"/etc/kube/{self.kubeconfig.name}"},
+                volumes=[
+                    images.Volume(self.kubeconfig.parent, "/etc/kube", read_only=True),
+                    images.Volume(tmp, "/tmp"),
+                ],
+                read_only=True,
+            )
+            self.proc = ServerProcess("operator", argv, self.log_path, env=images.storage_env())
+            return self
+        env |= {k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "LANG", "VIRTUAL_ENV", "TMPDIR")}
+        env["KUBECONFIG"] = str(self.kubeconfig)
+        argv = [sys.executable, "-m", "kopf", "run", "-m", "paris.operator", *args]
         self.proc = ServerProcess("operator", argv, self.log_path, env=env, cwd=REPO)
         return self
+
+    def _remove_container(self) -> None:
+        if self.container is not None:
+            self.container.remove()
+            self.container = None
 
     @property
     def log_path(self) -> Path:
@@ -118,11 +160,13 @@ class Operator:
         self.proc.proc.wait(timeout=30)
         self.proc.stop()
         self.proc = None
+        self._remove_container()
 
     def stop(self) -> None:
         if self.proc is not None:
             self.proc.stop()
             self.proc = None
+        self._remove_container()
 
     def logs(self) -> str:
         return "\n".join(
@@ -134,9 +178,12 @@ class Operator:
 
 
 @pytest.fixture
-def operator(k8s_cluster: Cluster, k8s_namespace: str, minio_server: MinioServer, tmp_path: Path) -> Iterator[Operator]:
-    kubeconfig, role = chart_rbac_kubeconfig(k8s_cluster, k8s_namespace, tmp_path)
-    op = Operator(k8s_cluster, k8s_namespace, minio_server, tmp_path, kubeconfig).start()
+def operator(
+    k8s_cluster: Cluster, k8s_namespace: str, minio_server: MinioServer, pod_runtime: str, tmp_path: Path
+) -> Iterator[Operator]:
+    (tmp_path / "kube").mkdir()
+    kubeconfig, role = chart_rbac_kubeconfig(k8s_cluster, k8s_namespace, tmp_path / "kube")
+    op = Operator(k8s_cluster, k8s_namespace, minio_server, tmp_path, kubeconfig, pod_runtime).start()
     try:
         yield op
     finally:
@@ -431,6 +478,9 @@ def test_digits_run_from_manifests_to_png(
     proc = pod_runner.find(pod.metadata.name, ns)
     assert proc is not None and proc.exit_code == 0
     assert proc.argv == ["paris", "train", "expert", "--cluster", "5"]
+    if pod_runner.runtime == "image":  # ...inside the trainer image the operator was configured with
+        assert pod.spec.containers[0].image == images.image_ref("trainer")
+        assert proc.launch[:4] == ["buildah", "run", "--isolation", "chroot"]
     assert minio_server.secret_key not in json.dumps(pod.to_dict(), default=str)
 
     # The router trains, publishes the pipeline and rolls out the endpoint: behind a bearer

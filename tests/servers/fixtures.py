@@ -23,9 +23,13 @@ k8s_cluster -> tests.servers.cluster.Cluster
       pool=cpu  : kwok-cpu-0, kwok-cpu-1  (no GPU, 16 cpu, 64Gi)
 k8s_namespace -> str
     A fresh namespace per test (its default ServiceAccount exists), deleted afterwards.
+pod_runtime -> str
+    "image" or "process": how pods (and the e2e operator) run. $PARIS_POD_RUNTIME=image|process
+    forces one; unset, the images built for this tree (scripts/test-infra build images) are
+    used when they exist, else local processes, with a warning. See tests/servers/images.py.
 pod_runner -> tests.servers.podrunner.PodRunner
-    Runs pods bound to fake nodes as local processes and reports their real exit codes
-    (see that module). .env (overrides, cleared after each test), .overrides(env),
+    Runs pods bound to fake nodes inside their image (or as local processes) and reports their
+    real exit codes (see that module). .runtime, .env (overrides, cleared after each test), .overrides(env),
     .url_for(pod, namespace), .url_for_selector(selector, namespace), .wait_for(pod, ns),
     .find(pod, ns) -> PodProcess (.exit_code, .stdout_path, .stderr_path, .logs()),
     .logs(pod, ns), .describe().
@@ -34,8 +38,10 @@ pod_runner -> tests.servers.podrunner.PodRunner
 from __future__ import annotations
 
 import contextlib
+import os
 import secrets
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, TypeVar
 
@@ -84,10 +90,27 @@ def k8s_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
 
 
 @pytest.fixture(scope="session")
-def _pod_runner_session(k8s_cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[PodRunner]:
+def pod_runtime() -> str:
+    """"image" (pods run in the locally built images) or "process"; see the module docstring."""
+    from tests.servers import images
+
+    runtime = images.pod_runtime()
+    if runtime == "process" and images.RUNTIME_VAR not in os.environ:
+        warnings.warn(
+            "the images are not built for this tree: pods run as local processes "
+            "(scripts/test-infra build images, or PARIS_POD_RUNTIME=process to silence this)",
+            stacklevel=1,
+        )
+    return runtime
+
+
+@pytest.fixture(scope="session")
+def _pod_runner_session(
+    k8s_cluster: Cluster, pod_runtime: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[PodRunner]:
     from tests.servers.podrunner import PodRunner
 
-    runner = PodRunner(k8s_cluster, tmp_path_factory.mktemp("pods")).start()
+    runner = PodRunner(k8s_cluster, tmp_path_factory.mktemp("pods"), runtime=pod_runtime).start()
     try:
         yield runner
     finally:

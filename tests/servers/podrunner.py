@@ -1,26 +1,40 @@
-"""The kubelet stand-in: runs pods bound to fake kwok nodes as local processes.
+"""The kubelet stand-in: runs pods bound to fake kwok nodes, in their image or as local processes.
 
 kwok makes pods Running but executes nothing. The pod runner watches pods on fake nodes and,
-once kwok has marked one Running, runs its first container's command + args with the
-container's resolved environment as a local process, then reports the process's real exit
-code in the pod status (phase Succeeded/Failed, containerStatuses[].state.terminated). The
-Job/ReplicaSet controllers take it from there, exactly as with a real kubelet.
+once kwok has marked one Running, runs its first container with the container's resolved
+environment, then reports the real exit code in the pod status (phase Succeeded/Failed,
+containerStatuses[].state.terminated). The Job/ReplicaSet controllers take it from there,
+exactly as with a real kubelet.
 
-What is emulated of a container, and what is not:
+Two runtimes (`PodRunner(runtime=...)`, chosen by $PARIS_POD_RUNTIME, see tests/servers/images.py):
+- "image": the container runs inside its image, which must be built locally (the pod's `image`
+  is looked up in scripts/test-infra's store, never pulled: ErrImageNeverPull otherwise), with
+  `buildah run --isolation chroot`: the image's ENTRYPOINT/CMD unless the pod sets
+  command/args, the pod's runAsUser/runAsGroup (else the image's USER; runAsNonRoot is
+  enforced as the kubelet does), the image's env under the pod's, workingDir, volumes and
+  readOnlyRootFilesystem (see images.Container). Volumes are per-pod directories: emptyDir
+  (mode 0777, kept across restarts), and secret, configMap and projected volumes written as
+  their files (a projected ServiceAccount token is a real one, from the TokenRequest API).
+  Other volume types fail the pod with a message.
+- "process": the container's command + args as a local process of the test's venv (fast; no
+  image needed). PATH is the test process's (with the running interpreter's bin dir first), so
+  `paris` and `python` are found; an absolute command path that does not exist locally falls
+  back to its basename on PATH. HOME is the test process's. Volumes and the security context
+  are ignored, and `command` is required (no image to take an ENTRYPOINT from).
+
+What is emulated of a container in both, and what is not:
 - env / envFrom, including Secret and ConfigMap references read from the API, fieldRef and
   resourceFieldRef; `$(VAR)` references in env values, command and args are expanded.
-- PATH is the test process's (with the running interpreter's bin dir first), so commands of
-  the project's venv (`paris`, `python`) are found; an absolute command path that does not
-  exist locally falls back to its basename on PATH. HOME is the test process's.
-- Each pod gets a free loopback port in env PORT and PARIS_SERVE_PORT (they override the
-  pod's own values); a server must listen on it. `url_for()` finds it.
+- Networking is the host's. Each pod gets a free loopback port in env PORT and
+  PARIS_SERVE_PORT (they override the pod's own values); a server must listen on it.
+  `url_for()` finds it.
 - restartPolicy: Never ends the pod with the exit code; OnFailure restarts on non-zero;
   Always restarts on any exit (restartCount and lastState are reported).
 - readinessProbe httpGet/tcpSocket/exec is probed against the local process (the probe's
   port is mapped to PORT) and the pod turns Ready when it passes; without a probe the pod is
   Ready as soon as kwok runs it.
-- Not emulated: images (no ENTRYPOINT: `command` is required), volumes and mount paths,
-  init containers, containers after the first (they are reported terminated with the pod).
+- Not emulated: init containers, containers after the first (they are reported terminated
+  with the pod), resource limits.
 - stdout/stderr of every run go to files under the runner's workdir; see `logs()`.
 """
 
@@ -48,11 +62,13 @@ from kubernetes import watch as k8s_watch
 from kubernetes.client.exceptions import ApiException
 from kubernetes.utils import parse_quantity
 
+from tests.servers import images
 from tests.servers.cluster import FAKE_NODE_ANNOTATION, Cluster
 from tests.servers.procs import free_port, kill_group, port_open
 
-# Variables of the test process a container may need locally (offline hub flags, locale,
-# BLAS quirks of this machine). Everything else of the test environment stays out.
+# Variables of the test process a local process may need (offline hub flags, locale, BLAS
+# quirks of this machine). Everything else of the test environment stays out; in image mode
+# all of it does (the image sets its own).
 PASSTHROUGH = (
     "HOME",
     "LANG",
@@ -72,7 +88,12 @@ PASSTHROUGH = (
 
 
 class PodStartError(Exception):
-    """The pod cannot be run locally (no command, missing Secret, ...)."""
+    """The pod cannot be run locally (no command, missing Secret, ...); `reason` is the
+    container's waiting reason while it is retried."""
+
+    def __init__(self, message: str, reason: str = "CreateContainerConfigError") -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 @dataclass
@@ -85,8 +106,11 @@ class PodProcess:
     node: str
     port: int
     workdir: Path
-    argv: list[str] = field(default_factory=list)
+    argv: list[str] = field(default_factory=list)  # inside the container
     env: dict[str, str] = field(default_factory=dict)
+    launch: list[str] = field(default_factory=list)  # the host command line (buildah run ... in image mode)
+    run_options: dict[str, Any] = field(default_factory=dict)  # images.Container.argv() options
+    container: images.Container | None = field(default=None, repr=False)
     pid: int | None = None
     exit_code: int | None = None  # of the last run
     restarts: int = 0
@@ -170,10 +194,13 @@ class PodRunner:
     ``{"PARIS_S3_ENDPOINT": minio.url}``); the `pod_runner` fixture clears them after each test.
     """
 
-    def __init__(self, cluster: Cluster, workdir: Path, stop_grace: float = 5.0) -> None:
+    def __init__(self, cluster: Cluster, workdir: Path, stop_grace: float = 5.0, runtime: str = "process") -> None:
+        if runtime not in ("process", "image"):
+            raise ValueError(f"runtime must be process or image, not {runtime!r}")
         self.cluster = cluster
         self.workdir = workdir
         self.stop_grace = stop_grace
+        self.runtime = runtime
         self.env: dict[str, str] = {}
         self._api = cluster.api_client()
         self._core: Any = k8s.CoreV1Api(self._api)
@@ -203,6 +230,9 @@ class PodRunner:
         self._watcher.join(timeout=15)
         for t in self._threads:
             t.join(timeout=15)
+        for rec in records:
+            if rec.container is not None:
+                rec.container.remove()
         self._api.close()
 
     @contextlib.contextmanager
@@ -275,6 +305,7 @@ class PodRunner:
             lines.append(
                 f"{r.namespace}/{r.name} node={r.node} pid={r.pid} exit={r.exit_code} "
                 f"restarts={r.restarts} finished={r.finished} error={r.error} argv={r.argv}"
+                + (f" options={r.run_options}" if self.runtime == "image" else "")
             )
             tail = "\n".join(r.logs().splitlines()[-20:])
             lines.append("    " + tail.replace("\n", "\n    "))
@@ -344,29 +375,82 @@ class PodRunner:
 
     # ---- one pod ---------------------------------------------------------------------------
 
+    def _lookup(self, ns: str, kind: str, name: str, key: str | None, optional: bool) -> dict[str, str] | str | None:
+        """A Secret's or ConfigMap's data (or one key of it), as the kubelet resolves them; None
+        when optional and missing."""
+        try:
+            if kind == "secret":
+                obj = self._core.read_namespaced_secret(name, ns)
+                data = {k: base64.b64decode(v).decode() for k, v in (obj.data or {}).items()}
+            else:
+                cm = self._core.read_namespaced_config_map(name, ns)
+                data = dict(cm.data or {})
+        except ApiException as e:
+            if e.status == 404 and optional:
+                return None
+            raise PodStartError(f"{kind} {ns}/{name}: {e.status} {e.reason}") from e
+        if key is None:
+            return data
+        if key not in data:
+            if optional:
+                return None
+            raise PodStartError(f"{kind} {ns}/{name} has no key {key!r}")
+        return data[key]
+
+    def _volume_files(self, pod: dict[str, Any], vol: dict[str, Any]) -> dict[str, str]:
+        """The files of a secret, configMap or projected volume (path -> content), as the kubelet
+        writes them; a projected serviceAccountToken is a real token from the TokenRequest API."""
+        ns = pod["metadata"]["namespace"]
+        out: dict[str, str] = {}
+
+        def data_files(kind: str, src: dict[str, Any], name: str) -> None:
+            data = self._lookup(ns, kind, name, None, bool(src.get("optional")))
+            if not isinstance(data, dict):
+                return
+            items = src.get("items")
+            for item in items or [{"key": k, "path": k} for k in data]:
+                if item["key"] not in data:
+                    raise PodStartError(f"{kind} {ns}/{name} has no key {item['key']!r}")
+                out[item["path"]] = data[item["key"]]
+
+        if "secret" in vol:
+            data_files("secret", vol["secret"], vol["secret"]["secretName"])
+        elif "configMap" in vol:
+            data_files("configmap", vol["configMap"], vol["configMap"]["name"])
+        for source in (vol.get("projected") or {}).get("sources") or []:
+            if "secret" in source:
+                data_files("secret", source["secret"], source["secret"]["name"])
+            elif "configMap" in source:
+                data_files("configmap", source["configMap"], source["configMap"]["name"])
+            elif "downwardAPI" in source:
+                for item in source["downwardAPI"].get("items") or []:
+                    if "fieldRef" not in item:
+                        raise PodStartError(f"downwardAPI {item.get('path')}: only fieldRef is emulated")
+                    out[item["path"]] = _field_path(pod, item["fieldRef"]["fieldPath"])
+            elif "serviceAccountToken" in source:
+                sat = source["serviceAccountToken"]
+                spec: dict[str, Any] = {
+                    "expirationSeconds": int(sat.get("expirationSeconds", 3600)),
+                    "boundObjectRef": {"kind": "Pod", "apiVersion": "v1", "name": pod["metadata"]["name"],
+                                       "uid": pod["metadata"]["uid"]},
+                }
+                if sat.get("audience"):
+                    spec["audiences"] = [sat["audience"]]
+                sa = pod["spec"].get("serviceAccountName") or "default"
+                token = self._core.create_namespaced_service_account_token(sa, ns, {"spec": spec})
+                out[sat["path"]] = token.status.token
+            else:
+                raise PodStartError(f"projected volume source {sorted(source)} is not emulated by the pod runner")
+        return out
+
     def _resolve_env(self, pod: dict[str, Any], container: dict[str, Any], rec: PodProcess) -> dict[str, str]:
         ns = rec.namespace
-        env: dict[str, str] = {k: os.environ[k] for k in PASSTHROUGH if k in os.environ}
+        env: dict[str, str] = {}
+        if self.runtime == "process":
+            env.update({k: os.environ[k] for k in PASSTHROUGH if k in os.environ})
 
         def lookup(kind: str, name: str, key: str | None, optional: bool) -> dict[str, str] | str | None:
-            try:
-                if kind == "secret":
-                    obj = self._core.read_namespaced_secret(name, ns)
-                    data = {k: base64.b64decode(v).decode() for k, v in (obj.data or {}).items()}
-                else:
-                    cm = self._core.read_namespaced_config_map(name, ns)
-                    data = dict(cm.data or {})
-            except ApiException as e:
-                if e.status == 404 and optional:
-                    return None
-                raise PodStartError(f"{kind} {ns}/{name}: {e.status} {e.reason}") from e
-            if key is None:
-                return data
-            if key not in data:
-                if optional:
-                    return None
-                raise PodStartError(f"{kind} {ns}/{name} has no key {key!r}")
-            return data[key]
+            return self._lookup(ns, kind, name, key, optional)
 
         for src in container.get("envFrom") or []:
             prefix = src.get("prefix", "")
@@ -394,15 +478,22 @@ class PodRunner:
                 raise PodStartError(f"env {name}: unsupported valueFrom {sorted(vf)}")
             if isinstance(value, str):
                 env[name] = value
-        # What makes a local process of the pod: our PATH, our port, the test's overrides.
-        path = os.environ.get("PATH", "/usr/bin:/bin")
-        env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{path}"
+        # What makes a local process of the pod: our PATH, our port, the test's overrides. In an
+        # image, PATH is the image's (or the pod's).
+        if self.runtime == "process":
+            path = os.environ.get("PATH", "/usr/bin:/bin")
+            env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{path}"
         env["HOSTNAME"] = rec.name
         env["PORT"] = env["PARIS_SERVE_PORT"] = str(rec.port)
         env.update(self.env)
         return env
 
     def _argv(self, container: dict[str, Any], env: dict[str, str]) -> list[str]:
+        if self.runtime == "image":
+            image = images.image_config(container["image"])
+            args = container.get("args")
+            raw = images.container_argv(image, container.get("command"), None if args is None else list(args))
+            return [expand(a, env) for a in raw]
         command = list(container.get("command") or [])
         if not command:
             raise PodStartError(
@@ -416,6 +507,95 @@ class PodRunner:
             if local:
                 argv[0] = local
         return argv
+
+    def _image_options(self, pod: dict[str, Any], container: dict[str, Any], rec: PodProcess) -> dict[str, Any]:
+        """What `buildah run` needs besides env and argv: user, volumes, read-only root, working
+        dir; raises PodStartError where a kubelet would refuse to start the container."""
+        ref = container.get("image") or ""
+        if not images.have_image(ref):
+            raise PodStartError(
+                f"image {ref!r} is not in the local store (the pod runner never pulls): "
+                "scripts/test-infra build images",
+                reason="ErrImageNeverPull",
+            )
+        image = images.image_config(ref)
+        pod_sc = pod["spec"].get("securityContext") or {}
+        sc = {**pod_sc, **(container.get("securityContext") or {})}
+        uid = sc.get("runAsUser")
+        if uid is None:
+            uid = images.image_uid(image.user)
+            if sc.get("runAsNonRoot") and uid is None:
+                raise PodStartError(
+                    f"container has runAsNonRoot and image has non-numeric user ({image.user}), "
+                    "cannot verify user is non-root"
+                )
+        if sc.get("runAsNonRoot") and uid == 0:
+            raise PodStartError("container has runAsNonRoot and image will run as root")
+        user: str | None = None
+        if "runAsUser" in sc or "runAsGroup" in sc:
+            group = sc.get("runAsGroup")
+            user = f"{uid}" + (f":{group}" if group is not None else "")
+        # Volumes are directories of the pod on the host: an emptyDir is kept across container
+        # restarts and world-writable, as the kubelet makes it; secret, configMap and projected
+        # volumes are their files, read-only.
+        specs = {v["name"]: v for v in pod["spec"].get("volumes") or []}
+        volumes = []
+        for m in container.get("volumeMounts") or []:
+            vol = specs.get(m["name"])
+            if vol is None:
+                raise PodStartError(f"volumeMount {m['name']!r} names no volume of the pod")
+            host = rec.workdir / "volumes" / m["name"]
+            read_only = bool(m.get("readOnly"))
+            if "emptyDir" in vol:
+                host.mkdir(parents=True, exist_ok=True)
+                host.chmod(0o777)
+            elif {"secret", "configMap", "projected"} & set(vol):
+                files = self._volume_files(pod, vol)
+                shutil.rmtree(host, ignore_errors=True)
+                for path, content in files.items():
+                    (host / path).parent.mkdir(parents=True, exist_ok=True)
+                    (host / path).write_text(content)
+                    (host / path).chmod(0o644)
+                host.mkdir(parents=True, exist_ok=True)
+                read_only = True
+            else:
+                kinds = sorted(k for k in vol if k != "name")
+                raise PodStartError(f"volume {m['name']!r}: {kinds} is not emulated by the pod runner")
+            if m.get("subPath"):
+                host = host / m["subPath"]
+            volumes.append(images.Volume(host, m["mountPath"], read_only))
+        return {
+            "user": user,
+            "volumes": volumes,
+            "read_only": bool(sc.get("readOnlyRootFilesystem")),
+            "workdir": container.get("workingDir"),
+            "hostname": rec.name,
+        }
+
+    def _launch(self, rec: PodProcess, container: dict[str, Any]) -> list[str]:
+        """The host command line of one run of the container (a fresh working container per run
+        in image mode, as a restarted container gets a fresh writable layer)."""
+        if self.runtime == "process":
+            return rec.argv
+        name = images.container_name("pod", rec.uid[:8], str(rec.restarts))
+        rec.container = images.Container(container["image"], name)
+        return rec.container.argv(rec.argv, env=rec.env, **rec.run_options)
+
+    def _end_run(self, rec: PodProcess, code: int) -> tuple[int, str]:
+        """Exit code and reason of the run that just ended; removes its working container."""
+        if code < 0:  # killed by a signal: report it as a shell/kubelet would
+            code = 128 - code
+        if rec.container is None:
+            return code, "Completed" if code == 0 else "Error"
+        rec.container.remove()
+        rec.container = None
+        try:
+            with open(rec.stderr_path, "rb") as f:
+                f.seek(max(0, f.seek(0, os.SEEK_END) - 4096))
+                tail = f.read().decode(errors="replace")
+        except OSError:
+            tail = ""
+        return images.exit_status(code, tail)
 
     def _supervise(self, rec: PodProcess, pod: dict[str, Any]) -> None:
         try:
@@ -434,13 +614,15 @@ class PodRunner:
         while True:
             try:
                 env = self._resolve_env(pod, container, rec)
+                if self.runtime == "image":
+                    rec.run_options = self._image_options(pod, container, rec)
                 break
             except PodStartError as e:
                 if rec.error != str(e):
                     rec.error = str(e)
                     with open(rec.stderr_path, "a") as f:
                         f.write(f"pod runner: {e}\n")
-                    waiting = {"waiting": {"reason": "CreateContainerConfigError", "message": str(e)}}
+                    waiting = {"waiting": {"reason": e.reason, "message": str(e)}}
                     self._patch_status(
                         rec,
                         {
@@ -464,15 +646,24 @@ class PodRunner:
             return
         rec.argv, rec.env = argv, env
         cwd = container.get("workingDir")
-        cwd_path = Path(cwd) if cwd and Path(cwd).is_dir() else rec.workdir
+        cwd_path = Path(cwd) if self.runtime == "process" and cwd and Path(cwd).is_dir() else rec.workdir
         last: dict[str, Any] | None = None
         while not rec.stop_requested.is_set():
             started = _now()
+            try:
+                rec.launch = self._launch(rec, container)
+            except RuntimeError as e:  # buildah could not create the working container
+                rec.error = str(e)
+                with open(rec.stderr_path, "a") as f:
+                    f.write(f"pod runner: {e}\n")
+                self._report_terminated(rec, pod, 128, "StartError", str(e), failed=True)
+                return
             with open(rec.stdout_path, "ab") as out, open(rec.stderr_path, "ab") as err:
                 try:
                     rec.proc = subprocess.Popen(
-                        argv,
-                        env=env,
+                        rec.launch,
+                        # buildah takes the container's env from --env; it needs ours (its store).
+                        env=images.storage_env() if self.runtime == "image" else env,
                         cwd=cwd_path,
                         stdin=subprocess.DEVNULL,
                         stdout=out,
@@ -494,23 +685,20 @@ class PodRunner:
             rec.pid = rec.proc.pid
             probe = threading.Thread(target=self._probe_ready, args=(rec, pod, container, started), daemon=True)
             probe.start()
-            code = rec.proc.wait()
-            if code < 0:  # killed by a signal: report it as a shell/kubelet would
-                code = 128 - code
+            code, reason = self._end_run(rec, rec.proc.wait())
             rec.exit_code = code
             rec.ready = False
             if rec.stop_requested.is_set():
                 return  # the pod is gone or the runner stops: nothing to report
             restart = policy == "Always" or (policy == "OnFailure" and code != 0)
             if not restart:
-                reason = "Completed" if code == 0 else "Error"
                 self._report_terminated(rec, pod, code, reason, "", failed=code != 0, started=started)
                 return
             rec.restarts += 1
             last = {
                 "terminated": {
                     "exitCode": code,
-                    "reason": "Error" if code else "Completed",
+                    "reason": reason,
                     "startedAt": started,
                     "finishedAt": _now(),
                 }
@@ -564,6 +752,9 @@ class PodRunner:
                 return port_open(rec.port)
             if "exec" in probe:
                 cmd = [expand(a, rec.env) for a in probe["exec"]["command"]]
+                if rec.container is not None:  # inside the running container, as the kubelet does
+                    inside = rec.container.run(cmd, env=rec.env, timeout=max(timeout, 5.0), **rec.run_options)
+                    return inside.returncode == 0
                 res = subprocess.run(cmd, env=rec.env, cwd=rec.workdir, capture_output=True, timeout=max(timeout, 5.0))
                 return res.returncode == 0
         return False
@@ -584,7 +775,7 @@ class PodRunner:
             s: dict[str, Any] = {
                 "name": c["name"],
                 "image": c.get("image", ""),
-                "imageID": "",
+                "imageID": self._image_id(c.get("image", "")),
                 "ready": ready,
                 "restartCount": rec.restarts if i == 0 else 0,
                 "started": "running" in state,
@@ -596,6 +787,15 @@ class PodRunner:
                 s["state"] = {"terminated": {**state["terminated"], "exitCode": 0, "reason": "Completed"}}
             out.append(s)
         return out
+
+    def _image_id(self, ref: str) -> str:
+        """sha256:<id> of the local image that ran (image mode), as a runtime reports it."""
+        if self.runtime != "image":
+            return ""
+        try:
+            return f"sha256:{images.image_config(ref).id}"
+        except RuntimeError:  # not built: the pod is waiting in ErrImageNeverPull
+            return ""
 
     def _report_terminated(
         self,
