@@ -107,7 +107,7 @@ def test_a_dataset_prepared_by_indexed_jobs_survives_a_killed_index_and_gates_it
     bucket = minio_server.make_bucket()
     upload_tars(minio_server, bucket)
     create_secret(cluster, ns, minio_server)
-    pod_runner.env.update(pod_env(minio_server))
+    pod_runner.env.update(pod_env(minio_server, pod_runner))
 
     def debug() -> str:
         return f"{cluster.kubectl('get', 'paris,jobs,pods', '-n', ns, '-o', 'wide', check=False).stdout}\n" + (

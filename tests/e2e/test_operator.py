@@ -34,7 +34,7 @@ from kubernetes.client.exceptions import ApiException
 from PIL import Image
 
 from tests.helpers import eventually
-from tests.servers import images
+from tests.servers import images as local_images
 from tests.servers.cluster import FAKE_NODE_TOLERATIONS, Cluster
 from tests.servers.minio import MinioServer
 from tests.servers.podrunner import PodRunner
@@ -108,13 +108,13 @@ class Operator:
         self.kubeconfig = kubeconfig
         self.runtime = runtime
         self.proc: ServerProcess | None = None
-        self.container: images.Container | None = None
+        self.container: local_images.Container | None = None
         self.runs = 0
 
     def start(self) -> Operator:
         self.runs += 1
         # The trainer image the operator puts into pods: the built one, which the pod runner runs.
-        trainer = images.require_image("trainer") if self.runtime == "image" else "paris/trainer:test"
+        trainer = local_images.require_image("trainer") if self.runtime == "image" else "paris/trainer:test"
         env = {
             # Reach the test MinIO from outside the cluster, as the pods do through the runner.
             "PARIS_S3_ENDPOINT": self.minio.url,
@@ -122,21 +122,22 @@ class Operator:
         }
         args = ["--standalone", f"--namespace={self.namespace}", "--verbose"]
         if self.runtime == "image":
-            ref = images.require_image("operator")
-            self.container = images.Container(ref, images.container_name("operator", self.namespace, str(self.runs)))
+            ref = local_images.require_image("operator")
+            name = local_images.container_name("operator", self.namespace, str(self.runs))
+            self.container = local_images.Container(ref, name)
             tmp = self.workdir / f"operator-tmp-{self.runs}"
             tmp.mkdir()
             tmp.chmod(0o777)
             argv = self.container.argv(
-                [*images.image_config(ref).entrypoint, *args],
+                [*local_images.image_config(ref).entrypoint, *args],
                 env={**env, "KUBECONFIG": f"/etc/kube/{self.kubeconfig.name}"},
                 volumes=[
-                    images.Volume(self.kubeconfig.parent, "/etc/kube", read_only=True),
-                    images.Volume(tmp, "/tmp"),
+                    local_images.Volume(self.kubeconfig.parent, "/etc/kube", read_only=True),
+                    local_images.Volume(tmp, "/tmp"),
                 ],
                 read_only=True,
             )
-            self.proc = ServerProcess("operator", argv, self.log_path, env=images.storage_env())
+            self.proc = ServerProcess("operator", argv, self.log_path, env=local_images.storage_env())
             return self
         env |= {k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "LANG", "VIRTUAL_ENV", "TMPDIR")}
         env["KUBECONFIG"] = str(self.kubeconfig)
@@ -272,10 +273,14 @@ def prepare_dataset(minio: MinioServer, bucket: str, tmp_path: Path) -> None:
     assert "into 8 clusters" in res.stdout + res.stderr
 
 
-def pod_env(minio: MinioServer) -> dict[str, str]:
-    """What the played pods get besides their own env: the test MinIO, one thread, and this
-    checkout's `paris` on PYTHONPATH (whatever the venv's editable install points at)."""
-    return {"PARIS_S3_ENDPOINT": minio.url, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+def pod_env(minio: MinioServer, runner: PodRunner) -> dict[str, str]:
+    """What the played pods get besides their own env: the test MinIO and one thread; as local
+    processes also this checkout's `paris` on PYTHONPATH (whatever the venv's editable install
+    points at), while an image brings its own."""
+    env = {"PARIS_S3_ENDPOINT": minio.url, "OMP_NUM_THREADS": "1"}
+    if runner.runtime == "process":
+        env["PYTHONPATH"] = str(REPO)
+    return env
 
 
 def create_secret(cluster: Cluster, ns: str, minio: MinioServer, name: str = "paris-s3") -> None:
@@ -406,7 +411,7 @@ def test_digits_run_from_manifests_to_png(
     bucket = minio_server.make_bucket()
     prepare_dataset(minio_server, bucket, tmp_path)
     create_secret(cluster, ns, minio_server)
-    pod_runner.env.update(pod_env(minio_server))
+    pod_runner.env.update(pod_env(minio_server, pod_runner))
 
     def debug() -> str:
         return f"{cluster.kubectl('get', 'paris,jobs,pods', '-n', ns, '-o', 'wide', check=False).stdout}\n" + (
@@ -479,7 +484,7 @@ def test_digits_run_from_manifests_to_png(
     assert proc is not None and proc.exit_code == 0
     assert proc.argv == ["paris", "train", "expert", "--cluster", "5"]
     if pod_runner.runtime == "image":  # ...inside the trainer image the operator was configured with
-        assert pod.spec.containers[0].image == images.image_ref("trainer")
+        assert pod.spec.containers[0].image == local_images.image_ref("trainer")
         assert proc.launch[:4] == ["buildah", "run", "--isolation", "chroot"]
     assert minio_server.secret_key not in json.dumps(pod.to_dict(), default=str)
 
@@ -612,7 +617,7 @@ def test_a_queued_expert_waits_for_admission_then_outlives_its_cleaned_up_job(
     bucket = minio_server.make_bucket()
     prepare_dataset(minio_server, bucket, tmp_path)
     create_secret(cluster, ns, minio_server)
-    pod_runner.env.update(pod_env(minio_server))
+    pod_runner.env.update(pod_env(minio_server, pod_runner))
     expert = example_experts(bucket, steps=4)[6]  # a cpu-pool expert, cluster 6
     expert["spec"].update(queueName="team-a", ttlSecondsAfterFinished=3)
     name, job_name = expert["metadata"]["name"], f"{expert['metadata']['name']}-train"
