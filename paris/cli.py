@@ -84,20 +84,46 @@ def train_expert(
     console.print(f"expert {cluster}: step {result.step}, loss {result.loss:.4f}")
 
 
+def parse_experts(values: list[str] | None, model: str) -> dict[int, str] | None:
+    """`--expert K` or `--expert K=PREFIX` (repeated) -> {cluster: store prefix of its expert}."""
+    from paris.layout import expert_prefix
+
+    if not values:
+        return None
+    out: dict[int, str] = {}
+    for v in values:
+        k, _, prefix = v.partition("=")
+        if not k.strip().isdigit():
+            raise ParisError(f"--expert {v!r}: expected CLUSTER or CLUSTER=PREFIX, e.g. 3=models/{model}/experts/3")
+        if int(k) in out:
+            raise ParisError(f"--expert: cluster {int(k)} given twice")
+        out[int(k)] = prefix.strip().strip("/") or expert_prefix(model, int(k))
+    return out
+
+
 @train_app.command("router")
 def train_router(
     config: ConfigArg = None,
     publish: Annotated[bool, typer.Option(help="Also assemble the pipeline from the experts")] = True,
+    expert: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--expert",
+            help="Route over this expert only: CLUSTER or CLUSTER=PREFIX (its store prefix); repeat for "
+            "each. Default: every cluster's expert",
+        ),
+    ] = None,
 ) -> None:
-    """Train the router on every cluster's latents; report held-out accuracy per noise level."""
+    """Train the router over the experts' clusters; report held-out accuracy per noise level."""
     from paris.router.assemble import build_pipeline, publish_pipeline
     from paris.router.train import train_router as run_router
 
     cfg, store = _load(config)
-    result, _ = run_router(cfg, store)
+    experts = parse_experts(expert, cfg.model)
+    result, _ = run_router(cfg, store, experts)
     console.print(f"router: step {result.step}, loss {result.loss:.4f}")
     if publish:
-        uri = publish_pipeline(build_pipeline(cfg, store), store, cfg.model)
+        uri = publish_pipeline(build_pipeline(cfg, store, experts), store, cfg.model)
         console.print(f"pipeline: {uri}")
 
 
@@ -213,7 +239,7 @@ def main() -> None:
     except ParisError as err:
         # soft_wrap: one line, whatever the terminal width, so logs and tests see one line.
         console.print(f"[bold red]error:[/] {err}", soft_wrap=True, markup=True, highlight=False)
-        sys.exit(2)
+        sys.exit(err.exit_code)
     except KeyboardInterrupt:
         console.print("interrupted")
         sys.exit(130)

@@ -590,7 +590,15 @@ class ExpertSelector(_Model):
     match_labels: dict[str, str] | None = Field(None, alias="matchLabels")
     names: list[Annotated[str, Field(min_length=1)]] | None = Field(None, min_length=1)
     count: int | None = Field(
-        None, ge=1, le=1024, description="How many experts must be Succeeded (default: every selected one)"
+        None,
+        ge=1,
+        le=1024,
+        description=(
+            "The least number of Succeeded experts the router accepts (default: every selected one). Once every "
+            "selected expert has Succeeded or Failed and at least this many Succeeded, the router trains over "
+            "those and serves them (phase Degraded while any is missing); a missing one that succeeds later "
+            "joins in a new training"
+        ),
     )
 
     @model_validator(mode="after")

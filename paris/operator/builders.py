@@ -33,6 +33,8 @@ from paris.config import (
     SecretKey,
     StorageConfig,
 )
+from paris.errors import USER_ERROR_EXIT
+from paris.layout import expert_prefix
 
 MANAGED_BY = "paris-operator"
 SPEC_HASH = f"{API_GROUP}/spec-hash"
@@ -103,6 +105,31 @@ def labels(body: Body, component: str, model: str, **extra: str) -> dict[str, st
 def serve_selector(body: Body) -> dict[str, str]:
     """The serving pods of one router: the Deployment's selector and the Service's."""
     return {"app.kubernetes.io/instance": body["metadata"]["name"], "app.kubernetes.io/component": "serve"}
+
+
+def controller_uid(obj: Mapping[str, Any]) -> str | None:
+    """The uid of the object's controller (its owner reference with controller: true)."""
+    for ref in obj.get("metadata", {}).get("ownerReferences") or []:
+        if ref.get("controller"):
+            return str(ref.get("uid"))
+    return None
+
+
+def owns(body: Body, obj: Mapping[str, Any]) -> bool:
+    """Whether `body` is the controller of `obj`: only then may the operator change or delete
+    it. A namesake someone else made is left alone, whatever its labels say."""
+    return controller_uid(obj) == body["metadata"].get("uid")
+
+
+def not_owned(body: Body, obj: Mapping[str, Any]) -> str:
+    """The one line a resource's status shows for a child's name taken by an object it does not own."""
+    meta = obj["metadata"]
+    owner = next((r for r in meta.get("ownerReferences") or [] if r.get("controller")), None)
+    by = f"{owner.get('kind')} {owner.get('name')}" if owner else "nobody"
+    return (
+        f"{obj.get('kind', 'object')} {meta.get('namespace')}/{meta['name']} exists and is controlled by {by}, "
+        f"not by {body['kind']} {body['metadata']['name']}: left alone; delete or rename it (or this resource)"
+    )
 
 
 def child(
@@ -240,6 +267,9 @@ def pod_spec(
             "readOnlyRootFilesystem": True,
         },
         "volumeMounts": [{"name": "scratch", "mountPath": SCRATCH}],
+        # A failed container's log tail becomes its termination message: the trainer's one
+        # `error:` line reaches the Job's pod status, and from there the resource's status.
+        "terminationMessagePolicy": "FallbackToLogsOnError",
         **container,
     }
     return {
@@ -272,6 +302,23 @@ def ttl_seconds(opts: BatchJobOptions, settings: OperatorSettings) -> int | None
     return None if ttl is None else max(ttl, math.ceil(3 * settings.poll_seconds))
 
 
+def pod_failure_policy(container: str) -> dict[str, Any]:
+    """What a failed pod means to its Job. A disruption (preemption, eviction, node drain:
+    the pod's DisruptionTarget condition) is not the trainer's fault and costs no retry; the
+    next pod resumes from latest.json. A user's mistake (paris.errors.USER_ERROR_EXIT) fails the
+    same way on every retry, so the Job fails at once. Anything else (a crash, an outage past
+    the store's deadline) is retried within backoffLimit."""
+    return {
+        "rules": [
+            {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]},
+            {
+                "action": "FailJob",
+                "onExitCodes": {"containerName": container, "operator": "In", "values": [USER_ERROR_EXIT]},
+            },
+        ]
+    }
+
+
 def batch_job(
     body: Body,
     opts: BatchJobOptions,
@@ -285,9 +332,11 @@ def batch_job(
 
     With a queue, the Job carries Kueue's queue label and starts suspended: Kueue admits it by
     unsuspending it. The spec hash (default: of `job_spec`) leaves out `suspend` (Kueue flips
-    it) and the TTL (a new cleanup time must not restart a training)."""
+    it), the TTL (a new cleanup time must not restart a training) and the failure policy (nor
+    must an operator upgrade)."""
     annotations = {SPEC_HASH: spec_hash or digest(job_spec), GENERATION: str(generation(body))}
     job_spec = dict(job_spec)
+    job_spec["podFailurePolicy"] = pod_failure_policy(job_spec["template"]["spec"]["containers"][0]["name"])
     job_lbls = dict(lbls)
     ttl = ttl_seconds(opts, settings)
     if ttl is not None:
@@ -347,21 +396,44 @@ def router_run_config(spec: ParisRouterSpec, settings: OperatorSettings) -> RunC
     )
 
 
-def router_training_hash(spec: ParisRouterSpec, settings: OperatorSettings) -> str:
-    """What the router's weights depend on; a change trains (and rolls out) a new router."""
+ExpertSet = Mapping[int, str]  # cluster -> the store prefix its expert trained into
+
+
+def expert_args(experts: ExpertSet) -> list[str]:
+    """`--expert K=PREFIX` for each expert, by cluster: what `paris train router` trains over."""
+    return [a for k in sorted(experts) for a in ("--expert", f"{k}={experts[k]}")]
+
+
+def expert_store_prefix(spec: ParisExpertSpec) -> str:
+    """Where a ParisExpert's checkpoints go (its status publishes it for the router)."""
+    return expert_prefix(spec.model, spec.cluster)
+
+
+def router_training_hash(spec: ParisRouterSpec, settings: OperatorSettings, experts: ExpertSet) -> str:
+    """What the router's weights depend on, the experts it routes over included; a change
+    trains (and rolls out) a new router."""
     cfg = router_run_config(spec, settings)
     return digest(
-        {"model": cfg.model, "storage": cfg.storage.uri, "data": _dump(cfg.data), "router": _dump(cfg.router)}
+        {
+            "model": cfg.model,
+            "storage": cfg.storage.uri,
+            "data": _dump(cfg.data),
+            "router": _dump(cfg.router),
+            "experts": {str(k): v for k, v in sorted(experts.items())},
+        }
     )
 
 
-def build_router_job(body: Body, spec: ParisRouterSpec, settings: OperatorSettings) -> dict[str, Any]:
-    """`paris train router`: trains the router, then assembles and publishes the pipeline."""
-    h = router_training_hash(spec, settings)
+def build_router_job(
+    body: Body, spec: ParisRouterSpec, settings: OperatorSettings, experts: ExpertSet
+) -> dict[str, Any]:
+    """`paris train router` over exactly `experts`: trains the router, then assembles and
+    publishes the pipeline of those experts."""
+    h = router_training_hash(spec, settings, experts)
     lbls = labels(body, "router-train", spec.model)
     container = {
         "name": "trainer",
-        "command": ["paris", "train", "router"],
+        "command": ["paris", "train", "router", *expert_args(experts)],
         "env": pod_env(router_run_config(spec, settings), spec.storage, settings),
     }
     job_spec = {
@@ -371,11 +443,15 @@ def build_router_job(body: Body, spec: ParisRouterSpec, settings: OperatorSettin
     return batch_job(body, spec, settings, router_job_name(body["metadata"]["name"], h), lbls, job_spec, h)
 
 
+SERVED_EXPERTS = f"{API_GROUP}/experts"  # the ParisExperts a served pipeline holds, comma-separated
+
+
 def build_serve_deployment(
-    body: Body, spec: ParisRouterSpec, settings: OperatorSettings, pipeline: str
+    body: Body, spec: ParisRouterSpec, settings: OperatorSettings, pipeline: str, experts: list[str] | None = None
 ) -> dict[str, Any]:
     """`paris serve` behind a readiness probe on /readyz (true once the weights loaded).
-    `pipeline` names the training that produced the weights: a new one rolls the pods."""
+    `pipeline` names the training that produced the weights: a new one rolls the pods.
+    `experts` (names) are recorded on the Deployment: what it serves, for the router's status."""
     inf = spec.inference
     lbls = labels(body, "serve", spec.model)
     # Serving only reads the store: a read-only credential when one is named.
@@ -406,6 +482,8 @@ def build_serve_deployment(
         "template": template,
     }
     annotations = {SPEC_HASH: digest(deploy_spec), GENERATION: str(generation(body))}
+    if experts is not None:
+        annotations[SERVED_EXPERTS] = ",".join(sorted(experts))
     return child(body, "apps/v1", "Deployment", serve_name(body["metadata"]["name"]), lbls, deploy_spec, annotations)
 
 

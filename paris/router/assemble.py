@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
 
 from diffusers import FlowMatchEulerDiscreteScheduler, PixArtTransformer2DModel
@@ -19,18 +20,26 @@ from .model import ParisRouter
 from .pipeline import ParisPipeline
 
 
-def build_pipeline(cfg: RunConfig, store: Store) -> ParisPipeline:
-    """Gather the EMA weights of every expert and of the router into a pipeline."""
+def build_pipeline(cfg: RunConfig, store: Store, experts_at: Mapping[int, str] | None = None) -> ParisPipeline:
+    """Gather the EMA weights of the experts (cluster -> store prefix; default: every cluster's
+    expert at its usual prefix) and of the router into a pipeline. Component `expert_i` is the
+    expert of the router's class i, i.e. of the i-th of those clusters in order."""
     manifest = load_manifest(store, cfg.data.name)
-    k = manifest["num_clusters"]
+    at = dict(experts_at) if experts_at else {i: expert_prefix(cfg.model, i) for i in range(manifest["num_clusters"])}
     with tempfile.TemporaryDirectory() as tmp:
         experts = {
             f"expert_{i}": PixArtTransformer2DModel.from_pretrained(
-                fetch_weights(store, expert_prefix(cfg.model, i), Path(tmp) / f"e{i}")
+                fetch_weights(store, at[k], Path(tmp) / f"e{k}")
             )
-            for i in range(k)
+            for i, k in enumerate(sorted(at))
         }
         router = ParisRouter.from_pretrained(fetch_weights(store, router_prefix(cfg.model), Path(tmp) / "r"))
+    routed = router.config.clusters or list(range(router.config.num_clusters))
+    if routed != sorted(at):
+        raise ParisError(
+            f"the router at {store.uri(router_prefix(cfg.model))} routes over clusters {routed}, not the experts' "
+            f"{sorted(at)}: train the router over these experts first"
+        )
     text_encoder = tokenizer = vae = None
     if manifest["text"]["kind"] == "minilm":
         from transformers import AutoModel, AutoTokenizer

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import itertools
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, cast
 
@@ -18,6 +19,7 @@ import torch.nn.functional as F
 from paris.config import RunConfig, TrainConfig
 from paris.data.shards import ShardSet, load_manifest, load_null_text, load_split, split_shards
 from paris.data.stream import Batches, ShardStream
+from paris.errors import ConfigError
 from paris.layout import dataset_prefix, router_prefix
 from paris.plots import accuracy_plot_png, save_loss_plot
 from paris.progress import console
@@ -55,10 +57,22 @@ def _inputs(
     return model(x_t.to(device), model_timestep(t).to(device), text, mask)
 
 
-def router_loss(stream: Batches, null_text: tuple[torch.Tensor, torch.Tensor], cfg: TrainConfig) -> LossFn:
-    """Cross-entropy against the cluster of x_0. A caption-aware router sees the empty caption
-    in `caption_dropout` of the rows, so it also estimates p(k | x_t, t) for the unconditional
-    CFG branch (paris.router.pipeline, guidance_routing="separate")."""
+def class_of(clusters: list[int]) -> torch.Tensor:
+    """Data cluster id -> router class (its position among the experts routed over)."""
+    lookup = torch.full((max(clusters) + 1,), -1, dtype=torch.long)
+    lookup[torch.tensor(clusters)] = torch.arange(len(clusters))
+    return lookup
+
+
+def router_loss(
+    stream: Batches,
+    null_text: tuple[torch.Tensor, torch.Tensor],
+    cfg: TrainConfig,
+    label_of: torch.Tensor | None = None,
+) -> LossFn:
+    """Cross-entropy against the cluster of x_0 (as a class: `label_of`). A caption-aware
+    router sees the empty caption in `caption_dropout` of the rows, so it also estimates
+    p(k | x_t, t) for the unconditional CFG branch (paris.router.pipeline, guidance_routing="separate")."""
     b = cfg.batch_size
 
     def loss_fn(model: torch.nn.Module, g: torch.Generator, device: torch.device) -> torch.Tensor:
@@ -69,16 +83,23 @@ def router_loss(stream: Batches, null_text: tuple[torch.Tensor, torch.Tensor], c
         if cfg.caption_dropout > 0:
             drop = ((torch.rand(b, generator=g) < cfg.caption_dropout), *null_text)
         logits = _inputs(cast(ParisRouter, model), data, idx, t, eps, device, drop)
-        return F.cross_entropy(logits.float(), data.clusters[idx].to(device))
+        want = data.clusters[idx] if label_of is None else label_of[data.clusters[idx]]
+        return F.cross_entropy(logits.float(), want.to(device))
 
     return loss_fn
 
 
 @torch.no_grad()
 def accuracy_by_noise(
-    model: ParisRouter, data: ShardSet, device: torch.device, seed: int = 0, repeats: int = 4
+    model: ParisRouter,
+    data: ShardSet,
+    device: torch.device,
+    seed: int = 0,
+    repeats: int = 4,
+    label_of: torch.Tensor | None = None,
 ) -> list[dict[str, float]]:
-    """Held-out top-1 accuracy of the router in each noise bin [t_i, t_i+1)."""
+    """Held-out top-1 accuracy of the router in each noise bin [t_i, t_i+1); `label_of` maps
+    cluster ids to classes (default: class k is cluster k)."""
     model.eval().to(device)
     g = torch.Generator().manual_seed(seed)
     rows = []
@@ -91,19 +112,46 @@ def accuracy_by_noise(
                     t = lo + (hi - lo) * torch.rand(len(idx), generator=g)
                     eps = torch.randn(data.latents[idx].shape, generator=g)
                     pred = _inputs(model, data, idx, t, eps, device).argmax(-1).cpu()
-                    correct += int((pred == data.clusters[idx]).sum())
+                    want = data.clusters[idx] if label_of is None else label_of[data.clusters[idx]]
+                    correct += int((pred == want).sum())
                     total += len(idx)
             rows.append({"t_lo": round(float(lo), 2), "t_hi": round(float(hi), 2), "accuracy": correct / total})
     return rows
 
 
-def train_router(cfg: RunConfig, store: Store) -> tuple[TrainResult, list[dict[str, float]]]:
-    manifest = load_manifest(store, cfg.data.name)
+def _rows(data: ShardSet, keep: torch.Tensor) -> ShardSet:
+    """The samples of `data` where `keep` is true (the held-out samples of the routed clusters)."""
+    rows = keep.nonzero().flatten().tolist()
+    return ShardSet(
+        data.latents[keep], data.text_states[keep], data.text_mask[keep], data.labels[keep], data.clusters[keep],
+        [data.captions[i] for i in rows],
+    )
+
+
+def routed_clusters(manifest: dict[str, Any], experts: Mapping[int, str] | None) -> list[int]:
+    """The clusters a router routes over: its experts' (default: every cluster of the dataset)."""
     k = manifest["num_clusters"]
+    if experts is None:
+        return list(range(k))
+    unknown = sorted(c for c in experts if not 0 <= c < k)
+    if unknown or not experts:
+        raise ConfigError(f"--expert: the dataset has clusters 0..{k - 1}, not {unknown or 'none'}")
+    return sorted(experts)
+
+
+def train_router(
+    cfg: RunConfig, store: Store, experts: Mapping[int, str] | None = None
+) -> tuple[TrainResult, list[dict[str, float]]]:
+    """Train the router over `experts` (cluster -> store prefix of its expert; default: every
+    cluster's expert at its usual prefix): it learns which of those clusters x_0 came from,
+    on those clusters' data only, so its weights renormalize over the experts it routes to."""
+    manifest = load_manifest(store, cfg.data.name)
+    clusters = routed_clusters(manifest, experts)
+    label_of = class_of(clusters)
     tcfg = cfg.router.train
-    # Every cluster's parts in one stream, each window mixing the clusters in proportion (the
+    # The routed clusters' parts in one stream, each window mixing them in proportion (the
     # parts of a cluster are spread through the epoch); nothing loads them all.
-    split = [(i, p) for i in range(k) for p in split_shards(manifest, i)]
+    split = [(i, p) for i in clusters for p in split_shards(manifest, i)]
     stream = ShardStream(
         store,
         dataset_prefix(cfg.data.name),
@@ -114,10 +162,10 @@ def train_router(cfg: RunConfig, store: Store) -> tuple[TrainResult, list[dict[s
         groups=[i for i, _ in split],
     )
     torch.manual_seed(tcfg.seed)
-    model = build_router(cfg.router.model, k, manifest["latent"], manifest["text"]["dim"])
+    model = build_router(cfg.router.model, len(clusters), manifest["latent"], manifest["text"]["dim"], clusters)
     prefix = router_prefix(cfg.model)
-    meta: dict[str, Any] = {"clusters": k, "samples": stream.samples, "params": count_params(model)}
-    loss = router_loss(stream, load_null_text(store, manifest), tcfg)
+    meta: dict[str, Any] = {"clusters": clusters, "samples": stream.samples, "params": count_params(model)}
+    loss = router_loss(stream, load_null_text(store, manifest), tcfg, label_of)
     try:
         result = train(model, loss, tcfg, store, prefix, "router", meta, on_step=stream.at_step)
     finally:
@@ -127,9 +175,11 @@ def train_router(cfg: RunConfig, store: Store) -> tuple[TrainResult, list[dict[s
     acc: list[dict[str, float]] = []
     if manifest["holdout"]["size"]:
         holdout = load_split(store, manifest, "holdout", limit=EVAL_SAMPLES)
+        holdout = _rows(holdout, torch.isin(holdout.clusters, torch.tensor(clusters)))
         with tempfile.TemporaryDirectory() as tmp:
             ema = ParisRouter.from_pretrained(fetch_weights(store, prefix, Path(tmp)))
-        acc = accuracy_by_noise(ema, holdout, resolve_device(cfg.router.train.device), cfg.router.train.seed)
+        device = resolve_device(cfg.router.train.device)
+        acc = accuracy_by_noise(ema, holdout, device, cfg.router.train.seed, label_of=label_of)
         store.put_json(f"{prefix}/accuracy.json", {"held_out": acc, "samples": len(holdout)})
         store.put_bytes(f"{prefix}/accuracy.png", accuracy_plot_png(acc))
         console.print(
