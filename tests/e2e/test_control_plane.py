@@ -237,7 +237,9 @@ def test_an_evicted_pod_gets_sigterm_and_a_final_status_and_a_disruption_costs_n
         ]
     }
     k8s_cluster.batch().create_namespaced_job(ns, body)
-    first = eventually(lambda: (marks / "0").exists() and job_pods(k8s_cluster, ns, "evicted"), 60, "the first run")
+    first: list[Any] = eventually(
+        lambda: job_pods(k8s_cluster, ns, "evicted") if (marks / "0").exists() else None, 60, "the first run"
+    )
     name = first[0].metadata.name
     k8s_cluster.core().create_namespaced_pod_eviction(
         name, ns, {"apiVersion": "policy/v1", "kind": "Eviction", "metadata": {"name": name, "namespace": ns}}
