@@ -130,6 +130,13 @@ def _replace(body: Mapping[str, Any], job: Mapping[str, Any], why: str) -> str:
     return f"waiting for Job {meta['name']} and its pods to go ({why})"
 
 
+def _live_pods(namespace: str, selector: str) -> list[dict[str, Any]]:
+    """Pods that may still run a trainer: not yet Succeeded or Failed (a finished pod of an
+    earlier training writes nothing any more)."""
+    pods = kube.list_pods(namespace, selector)
+    return [p for p in pods if (p.get("status") or {}).get("phase") not in ("Succeeded", "Failed")]
+
+
 def _going(job: Mapping[str, Any]) -> bool:
     return bool(job["metadata"].get("deletionTimestamp"))
 
@@ -183,7 +190,7 @@ def reconcile_expert(body: Mapping[str, Any], patch: kopf.Patch, claims: Claims)
             # pod resumes from latest.json. Artifacts in the store are never touched.
             log.info("expert %s/%s: spec generation %d, replacing Job %s", ns, name, generation, job_name)
             replacing, job = _replace(body, job, f"spec generation {generation}"), None
-    if job is None and conflict is None and replacing is None and (pods := kube.list_pods(ns, f"job-name={job_name}")):
+    if job is None and conflict is None and replacing is None and (pods := _live_pods(ns, f"job-name={job_name}")):
         replacing = f"waiting for {len(pods)} pod(s) of the replaced Job {job_name} to go"
     if job is None and replacing is None and verdict is not None and not refused:
         # The owner of a contested prefix starts only once no refused claimant trains into it.
@@ -306,7 +313,7 @@ def reconcile_router(body: Mapping[str, Any], patch: kopf.Patch) -> None:
                 elif job_outcome(old)[0] not in (SUCCEEDED, FAILED):
                     replacing = _replace(body, old, "the router's experts or settings changed")
             selector = f"{API_GROUP}/router={name},app.kubernetes.io/component=router-train"
-            if replacing is None and kube.list_pods(ns, selector):
+            if replacing is None and _live_pods(ns, selector):
                 replacing = "waiting for the pods of an earlier router training to go"
         if job is None and finished is None and conflict is None and replacing is None and secret_problem is None:
             job, created = kube.create_or_get(desired_job)
@@ -345,7 +352,8 @@ def reconcile_router(body: Mapping[str, Any], patch: kopf.Patch) -> None:
         endpoint=builders.endpoint_url(service) if service else None,
         replicas=spec.inference.replicas,
         finished=finished,
-        conflict=conflict or dep_conflict or svc_conflict,
+        # A namesake of the serving children matters once there is something to serve.
+        conflict=conflict or (dep_conflict or svc_conflict if trained == SUCCEEDED else None),
         replacing=replacing,
         pod_message=_pod_message(ns, job_name) if job is not None and job_name and trained == FAILED else None,
     )

@@ -532,3 +532,17 @@ def test_a_failed_trainers_error_line_reaches_the_status(kube: FakeKube) -> None
     st = reconcile(handlers.reconcile_expert, body)
     assert (st["phase"], st["reason"]) == ("Failed", "PodFailurePolicy")
     assert st["message"] == "exit code 2: error: dataset 'nope' not found: run `paris data prepare` first"
+
+
+def test_finished_pods_of_an_earlier_training_do_not_hold_up_the_next(kube: FakeKube) -> None:
+    _creds(kube)
+    body = router_body(storage={"uri": "s3://paris", "secretName": "paris-s3"}, experts={"matchLabels": {"a": "b"}})
+    kube.experts = [ready_expert(i) for i in range(2)]
+    reconcile(handlers.reconcile_router, body)
+    (old,) = [c.removeprefix("Job/") for c in kube.created]
+    kube.objects[("Job", "ns1", old)]["status"] = {"conditions": [{"type": "Complete", "status": "True"}]}
+    labels = {"paris.dev/router": "digits", "app.kubernetes.io/component": "router-train", "job-name": old}
+    kube.pods = [{"metadata": {"name": "done", "labels": labels}, "status": {"phase": "Succeeded"}}]
+    kube.experts.append(ready_expert(2))
+    reconcile(handlers.reconcile_router, body)
+    assert len([c for c in kube.created if c.startswith("Job/")]) == 2, "a finished pod trains nothing"
