@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, BinaryIO, cast
 
 from paris.config import StorageConfig
-from paris.errors import StorageError
+from paris.errors import StorageError, StoreUnavailable
 
 
 class Store(ABC):
@@ -226,11 +226,15 @@ class S3Store(Store):
         self._credentials = (access, secret)
         if read_only:
             return
+        from minio.error import S3Error
+
         try:
             if not self.client.bucket_exists(bucket):
                 self.client.make_bucket(bucket)
-        except Exception as err:  # urllib3/minio raise many kinds; the user needs one line
-            raise StorageError(f"cannot reach s3 endpoint {endpoint} (bucket {bucket}): {err}") from None
+        except S3Error as err:  # the server answered no (credentials, policy): the user's to fix
+            raise StorageError(f"s3 endpoint {endpoint} refused bucket {bucket}: {err.code}: {err.message}") from None
+        except Exception as err:  # urllib3 raises many kinds; the user needs one line, and a retry may work
+            raise StoreUnavailable(f"cannot reach s3 endpoint {endpoint} (bucket {bucket}): {err}") from None
 
     def _key(self, key: str) -> str:
         key = key.lstrip("/")

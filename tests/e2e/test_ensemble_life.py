@@ -36,6 +36,7 @@ from tests.e2e.test_operator import (  # noqa: F401 - `operator` is a fixture
     events_for,
     get_cr,
     operator,
+    pod_env,
     with_fake_node_toleration,
 )
 from tests.helpers import eventually, tiny_config
@@ -45,7 +46,6 @@ from tests.servers.podrunner import PodRunner
 
 pytestmark = pytest.mark.timeout(1500)
 
-REPO = Path(__file__).resolve().parents[2]
 MODEL = "life"
 SMALL = {"preset": "tiny", "hidden_size": 32, "depth": 1, "heads": 2}
 DATA = {**tiny_config("file://unused", data={"name": "life-digits", "clusters": 3})["data"]}
@@ -60,12 +60,6 @@ def prepare(minio: MinioServer, bucket: str, tmp_path: Path) -> None:
     argv = [sys.executable, "-m", "paris", "data", "prepare", str(path)]
     res = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stdout + res.stderr
-
-
-def pod_env(minio: MinioServer) -> dict[str, str]:
-    """What the pods played by the pod runner need: the store, one thread, and this checkout's
-    `paris` (the venv's console script may be installed from another one)."""
-    return {"PARIS_S3_ENDPOINT": minio.url, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
 
 
 def train_settings(steps: int) -> dict[str, Any]:
