@@ -75,13 +75,26 @@ def data_work(
 def train_expert(
     config: ConfigArg = None,
     cluster: Annotated[int, typer.Option("--cluster", "-k", help="Which cluster's expert to train", min=0)] = 0,
+    prefix: Annotated[
+        str | None,
+        typer.Option(help="Store prefix of its checkpoints (default: models/<model>/experts/<k>)"),
+    ] = None,
 ) -> None:
     """Train one expert on its cluster only. Re-running resumes from the last checkpoint."""
     from paris.trainer.expert import train_expert as run_expert
 
     cfg, store = _load(config)
-    result = run_expert(cfg, cluster, store)
+    result = run_expert(cfg, cluster, store, _prefix(prefix))
     console.print(f"expert {cluster}: step {result.step}, loss {result.loss:.4f}")
+
+
+def _prefix(value: str | None) -> str | None:
+    if value is None:
+        return None
+    cleaned = value.strip().strip("/")
+    if not cleaned or ".." in cleaned.split("/"):
+        raise ParisError(f"--prefix {value!r}: expected a store prefix such as models/<model>/experts/0")
+    return cleaned
 
 
 def parse_experts(values: list[str] | None, model: str) -> dict[int, str] | None:
@@ -113,17 +126,21 @@ def train_router(
             "each. Default: every cluster's expert",
         ),
     ] = None,
+    prefix: Annotated[
+        str | None, typer.Option(help="Store prefix of the router's checkpoints (default: models/<model>/router)")
+    ] = None,
 ) -> None:
-    """Train the router over the experts' clusters; report held-out accuracy per noise level."""
-    from paris.router.assemble import build_pipeline, publish_pipeline
+    """Train the router over the experts' clusters; report held-out accuracy per noise level.
+    The pipeline is published into a version folder of its own, then made the served one."""
+    from paris.router.assemble import publish_ensemble
     from paris.router.train import train_router as run_router
 
     cfg, store = _load(config)
     experts = parse_experts(expert, cfg.model)
-    result, _ = run_router(cfg, store, experts)
+    result, _ = run_router(cfg, store, experts, _prefix(prefix))
     console.print(f"router: step {result.step}, loss {result.loss:.4f}")
     if publish:
-        uri = publish_pipeline(build_pipeline(cfg, store, experts), store, cfg.model)
+        uri = publish_ensemble(cfg, store, experts, _prefix(prefix))
         console.print(f"pipeline: {uri}")
 
 

@@ -21,7 +21,17 @@ def router_prefix(model: str) -> str:
 
 
 def pipeline_prefix(model: str) -> str:
+    """Where pipelines were published in place before versions (still read when no pointer)."""
     return f"{model_prefix(model)}/pipeline"
+
+
+def pipeline_pointer(model: str) -> str:
+    """The pointer to the served pipeline version, written last by a publish."""
+    return f"{model_prefix(model)}/pipeline.json"
+
+
+def pipeline_versions(model: str) -> str:
+    return f"{model_prefix(model)}/pipelines"
 
 
 def samples_prefix(model: str) -> str:

@@ -20,11 +20,12 @@ from paris.config import RunConfig, TrainConfig
 from paris.data.shards import ShardSet, load_manifest, load_null_text, load_split, split_shards
 from paris.data.stream import Batches, ShardStream
 from paris.errors import ConfigError
+from paris.fingerprint import Fingerprint, check_resume, manifest_checksum, router_fingerprint
 from paris.layout import dataset_prefix, router_prefix
 from paris.plots import accuracy_plot_png, save_loss_plot
 from paris.progress import console
 from paris.storage import Store
-from paris.trainer.checkpoint import fetch_weights
+from paris.trainer.checkpoint import checkpoint_fingerprint, fetch_weights
 from paris.trainer.flow import interpolate, model_timestep, sample_t
 from paris.trainer.loop import LossFn, TrainResult, attention_backend, resolve_device, train
 from paris.trainer.model import count_params
@@ -139,14 +140,26 @@ def routed_clusters(manifest: dict[str, Any], experts: Mapping[int, str] | None)
     return sorted(experts)
 
 
+def router_fingerprint_of(
+    cfg: RunConfig, manifest: dict[str, Any], experts: Mapping[int, str] | None
+) -> Fingerprint:
+    clusters = routed_clusters(manifest, experts)
+    return router_fingerprint(cfg.router, cfg.data.name, manifest_checksum(manifest), dict.fromkeys(clusters, ""))
+
+
 def train_router(
-    cfg: RunConfig, store: Store, experts: Mapping[int, str] | None = None
+    cfg: RunConfig, store: Store, experts: Mapping[int, str] | None = None, prefix: str | None = None
 ) -> tuple[TrainResult, list[dict[str, float]]]:
     """Train the router over `experts` (cluster -> store prefix of its expert; default: every
-    cluster's expert at its usual prefix): it learns which of those clusters x_0 came from,
-    on those clusters' data only, so its weights renormalize over the experts it routes to."""
+    cluster's expert at its usual prefix) into `prefix` (default: models/<model>/router; the
+    operator passes a versioned one): it learns which of those clusters x_0 came from, on
+    those clusters' data only, so its weights renormalize over the experts it routes to.
+    Checkpoints of other settings or another expert set there are refused (paris.fingerprint)."""
     manifest = load_manifest(store, cfg.data.name)
     clusters = routed_clusters(manifest, experts)
+    prefix = prefix or router_prefix(cfg.model)
+    fp = router_fingerprint_of(cfg, manifest, experts)
+    check_resume(checkpoint_fingerprint(store, prefix), fp, store.uri(prefix))
     label_of = class_of(clusters)
     tcfg = cfg.router.train
     # The routed clusters' parts in one stream, each window mixing them in proportion (the
@@ -163,8 +176,12 @@ def train_router(
     )
     torch.manual_seed(tcfg.seed)
     model = build_router(cfg.router.model, len(clusters), manifest["latent"], manifest["text"]["dim"], clusters)
-    prefix = router_prefix(cfg.model)
-    meta: dict[str, Any] = {"clusters": clusters, "samples": stream.samples, "params": count_params(model)}
+    meta: dict[str, Any] = {
+        "clusters": clusters,
+        "samples": stream.samples,
+        "params": count_params(model),
+        "fingerprint": fp.record(),
+    }
     loss = router_loss(stream, load_null_text(store, manifest), tcfg, label_of)
     try:
         result = train(model, loss, tcfg, store, prefix, "router", meta, on_step=stream.at_step)

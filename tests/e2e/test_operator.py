@@ -456,7 +456,7 @@ def test_digits_run_from_manifests_to_png(
     dep = cluster.apps().read_namespaced_deployment("digits-serve", ns)
     assert (dep.status.ready_replicas or 0) >= 1
     assert cluster.core().read_namespaced_service("digits-serve", ns).spec.ports[0].port == 80
-    assert minio_server.client().stat_object(bucket, "models/digits/pipeline/model_index.json")
+    assert minio_server.client().stat_object(bucket, "models/digits/pipeline.json")
     router_pod = cluster.core().list_namespaced_pod(ns, label_selector="app.kubernetes.io/component=router-train")
     assert router_pod.items[0].spec.node_name in cluster.nodes_in_pool("cpu")
     out = cluster.kubectl("get", "parisrouters", "-n", ns).stdout
@@ -536,7 +536,7 @@ def test_digits_run_from_manifests_to_png(
         return not left
 
     eventually(children_gone, 120, "the router's Deployment and Job to be garbage-collected", debug)
-    assert minio_server.client().stat_object(bucket, "models/digits/pipeline/model_index.json")
+    assert minio_server.client().stat_object(bucket, "models/digits/pipeline.json")
     assert minio_server.client().stat_object(bucket, "models/digits/experts/3/latest.json")
 
 
