@@ -36,3 +36,9 @@ def pipeline_versions(model: str) -> str:
 
 def samples_prefix(model: str) -> str:
     return f"{model_prefix(model)}/samples"
+
+
+def versioned(prefix: str, digest: str) -> str:
+    """A model's prefix for one fingerprint (paris.fingerprint): what the operator trains into,
+    so a spec change that alters the weights never resumes another version's checkpoints."""
+    return f"{prefix}/fp-{digest[:12]}"

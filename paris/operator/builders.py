@@ -34,7 +34,8 @@ from paris.config import (
     StorageConfig,
 )
 from paris.errors import USER_ERROR_EXIT
-from paris.layout import expert_prefix
+from paris.fingerprint import Fingerprint, expert_fingerprint, manifest_checksum, router_fingerprint
+from paris.layout import expert_prefix, router_prefix, versioned
 
 MANAGED_BY = "paris-operator"
 SPEC_HASH = f"{API_GROUP}/spec-hash"
@@ -360,13 +361,17 @@ def expert_run_config(spec: ParisExpertSpec, settings: OperatorSettings) -> RunC
     )
 
 
-def build_expert_job(body: Body, spec: ParisExpertSpec, settings: OperatorSettings) -> dict[str, Any]:
-    """One batch/v1 Job running `paris train expert --cluster K`; the Job's retries are the
-    fault tolerance (each new pod resumes from latest.json)."""
+def build_expert_job(
+    body: Body, spec: ParisExpertSpec, settings: OperatorSettings, prefix: str | None = None
+) -> dict[str, Any]:
+    """One batch/v1 Job running `paris train expert --cluster K --prefix P` (P: the versioned
+    prefix of the spec's fingerprint, expert_version); the Job's retries are the fault
+    tolerance (each new pod resumes from latest.json there)."""
     lbls = labels(body, "expert", spec.model, cluster=str(spec.cluster))
+    where = ["--prefix", prefix] if prefix else []
     container = {
         "name": "trainer",
-        "command": ["paris", "train", "expert", "--cluster", str(spec.cluster)],
+        "command": ["paris", "train", "expert", "--cluster", str(spec.cluster), *where],
         "env": pod_env(expert_run_config(spec, settings), spec.storage, settings),
     }
     job_spec: dict[str, Any] = {
@@ -405,13 +410,28 @@ def expert_args(experts: ExpertSet) -> list[str]:
 
 
 def expert_store_prefix(spec: ParisExpertSpec) -> str:
-    """Where a ParisExpert's checkpoints go (its status publishes it for the router)."""
+    """Where a ParisExpert's checkpoints go without a version (its status publishes the
+    versioned one, expert_version, for the router)."""
     return expert_prefix(spec.model, spec.cluster)
 
 
-def router_training_hash(spec: ParisRouterSpec, settings: OperatorSettings, experts: ExpertSet) -> str:
-    """What the router's weights depend on, the experts it routes over included; a change
-    trains (and rolls out) a new router."""
+def expert_version(spec: ParisExpertSpec, manifest: Mapping[str, Any]) -> tuple[Fingerprint, str]:
+    """The expert's fingerprint for this dataset, and the prefix it trains into."""
+    fp = expert_fingerprint(spec.expert, spec.train, spec.data.name, manifest_checksum(manifest), spec.cluster)
+    return fp, versioned(expert_store_prefix(spec), fp.digest)
+
+
+def router_version(spec: ParisRouterSpec, manifest: Mapping[str, Any], experts: ExpertSet) -> tuple[Fingerprint, str]:
+    """The router's fingerprint over these experts, and the prefix it trains into."""
+    fp = router_fingerprint(spec.router, spec.data.name, manifest_checksum(manifest), experts)
+    return fp, versioned(router_prefix(spec.model), fp.digest)
+
+
+def router_training_hash(
+    spec: ParisRouterSpec, settings: OperatorSettings, experts: ExpertSet, prefix: str | None = None
+) -> str:
+    """What the router's weights depend on, the experts it routes over (and their versions)
+    included; a change trains (and rolls out) a new router."""
     cfg = router_run_config(spec, settings)
     return digest(
         {
@@ -420,20 +440,22 @@ def router_training_hash(spec: ParisRouterSpec, settings: OperatorSettings, expe
             "data": _dump(cfg.data),
             "router": _dump(cfg.router),
             "experts": {str(k): v for k, v in sorted(experts.items())},
+            **({"prefix": prefix} if prefix else {}),
         }
     )
 
 
 def build_router_job(
-    body: Body, spec: ParisRouterSpec, settings: OperatorSettings, experts: ExpertSet
+    body: Body, spec: ParisRouterSpec, settings: OperatorSettings, experts: ExpertSet, prefix: str | None = None
 ) -> dict[str, Any]:
-    """`paris train router` over exactly `experts`: trains the router, then assembles and
-    publishes the pipeline of those experts."""
-    h = router_training_hash(spec, settings, experts)
+    """`paris train router` over exactly `experts` into `prefix` (router_version): trains the
+    router, then assembles and publishes the pipeline of those experts."""
+    h = router_training_hash(spec, settings, experts, prefix)
     lbls = labels(body, "router-train", spec.model)
+    where = ["--prefix", prefix] if prefix else []
     container = {
         "name": "trainer",
-        "command": ["paris", "train", "router", *expert_args(experts)],
+        "command": ["paris", "train", "router", *expert_args(experts), *where],
         "env": pod_env(router_run_config(spec, settings), spec.storage, settings),
     }
     job_spec = {

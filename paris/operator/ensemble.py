@@ -93,7 +93,9 @@ def ensemble(router: ParisRouterSpec, experts: Sequence[Mapping[str, Any]]) -> E
             problems.append(f"{name} stores into {spec.storage.uri}, not the router's {router.storage.uri}")
         by_cluster.setdefault(spec.cluster, []).append(name)
         if phase == SUCCEEDED:
-            ens.succeeded[name] = (spec.cluster, expert_store_prefix(spec))
+            # Where it trained: its status's versioned prefix (the unversioned one before versions).
+            prefix = str((e.get("status") or {}).get("prefix") or expert_store_prefix(spec))
+            ens.succeeded[name] = (spec.cluster, prefix)
         elif phase == FAILED:
             ens.failed[name] = message
         else:

@@ -30,6 +30,7 @@ from paris.config import (
     ParisRouterSpec,
     describe_errors,
 )
+from paris.fingerprint import Fingerprint
 
 from . import builders, kube
 from .claims import Claim, ClaimKey, claim_key, claim_of, describe, judge
@@ -137,6 +138,17 @@ def _live_pods(namespace: str, selector: str) -> list[dict[str, Any]]:
     return [p for p in pods if (p.get("status") or {}).get("phase") not in ("Succeeded", "Failed")]
 
 
+def _fingerprint_event(
+    body: Mapping[str, Any], old: Mapping[str, Any], fp: Fingerprint, store: str, prefix: str
+) -> None:
+    """Say once, when the spec's fingerprint changes, what changed and where it trains now."""
+    before = old.get("fingerprint") or {}
+    if before.get("digest") and before["digest"] != fp.digest:
+        changes = "; ".join(fp.changes(before.get("fields") or {})) or "fingerprint changed"
+        message = f"{changes}: training into {store.rstrip('/')}/{prefix}, a new version"
+        kopf.event(body, type="Normal", reason="FingerprintChanged", message=message[:1000])
+
+
 def _going(job: Mapping[str, Any]) -> bool:
     return bool(job["metadata"].get("deletionTimestamp"))
 
@@ -172,7 +184,25 @@ def reconcile_expert(body: Mapping[str, Any], patch: kopf.Patch, claims: Claims)
     creds, secret_problem = kube.read_secret_keys(
         ns, builders.secret_name(st, SETTINGS), (st.access_key_key, st.secret_key_key)
     )
-    desired = builders.build_expert_job(body, spec, SETTINGS)
+    # The version the spec trains into: its fingerprint needs the dataset's manifest.
+    old = body.get("status") or {}
+    storage_problem = fp = None
+    prefix = None
+    if creds is not None and problem is None:
+        cfg = builders.storage_config(st, SETTINGS)
+        try:
+            manifest = dataset_manifest(cfg, creds[st.access_key_key], creds[st.secret_key_key], spec.data.name)
+        except Exception as err:  # the store being down must not stop the Job's status
+            storage_problem = f"cannot read the dataset from {cfg.endpoint or 'the store'}: {type(err).__name__}"
+            prefix = old.get("prefix")  # keep what runs; decide again once the store answers
+        else:
+            if manifest is None:
+                problem = ("DatasetNotPrepared", f"dataset {spec.data.name!r} is not in {st.uri} yet: run "
+                           "`paris data prepare` (or name a ParisDataset in spec.dataset)")
+            else:
+                fp, prefix = builders.expert_version(spec, manifest)
+                _fingerprint_event(body, old, fp, builders.storage_config(st, SETTINGS).uri, prefix)
+    desired = builders.build_expert_job(body, spec, SETTINGS, prefix)
     job_name, want = desired["metadata"]["name"], desired["metadata"]["annotations"][builders.SPEC_HASH]
     job = kube.get("Job", ns, job_name)
     conflict = replacing = None
@@ -182,7 +212,7 @@ def reconcile_expert(body: Mapping[str, Any], patch: kopf.Patch, claims: Claims)
         replacing, job = f"waiting for the replaced Job {job_name} and its pods to go", None
     elif job is not None and refused:
         replacing, job = _replace(body, job, "another ParisExpert owns this store prefix"), None
-    elif job is not None:
+    elif job is not None and fp is not None:  # (a decision needs the version: not during an outage)
         ann = job["metadata"].get("annotations") or {}
         outdated = int(ann.get(builders.GENERATION, "0")) < generation
         if outdated and ann.get(builders.SPEC_HASH) != want:
@@ -200,11 +230,11 @@ def reconcile_expert(body: Mapping[str, Any], patch: kopf.Patch, claims: Claims)
                 replacing = f"waiting for Job {theirs['metadata']['name']} of the refused duplicate {other.name} to go"
 
     read = ExpertProgress()
-    storage_problem = pod_problem = pod_message = None
-    if creds is not None and not refused:
+    pod_problem = pod_message = None
+    if creds is not None and not refused and prefix is not None and storage_problem is None:
         cfg = builders.storage_config(st, SETTINGS)
         try:
-            read = expert_progress(cfg, creds[st.access_key_key], creds[st.secret_key_key], spec.model, spec.cluster)
+            read = expert_progress(cfg, creds[st.access_key_key], creds[st.secret_key_key], prefix)
         except Exception as err:  # the store being down must not stop the Job's status
             storage_problem = f"cannot read progress from {cfg.endpoint or 'the store'}: {type(err).__name__}"
 
@@ -215,7 +245,7 @@ def reconcile_expert(body: Mapping[str, Any], patch: kopf.Patch, claims: Claims)
         finished = recorded_finish(body.get("status"), job_name, want) or trained_record(
             job_name, want, read.progress, spec.train.steps
         )
-    if idle and finished is None and secret_problem is None and problem is None:
+    if idle and finished is None and secret_problem is None and problem is None and fp is not None:
         job, created = kube.create_or_get(desired)
         if not builders.owns(body, job):  # a namesake appeared between our get and create
             conflict, job = builders.not_owned(body, job), None
@@ -243,6 +273,8 @@ def reconcile_expert(body: Mapping[str, Any], patch: kopf.Patch, claims: Claims)
         pod_message=pod_message,
         dataset_problem=problem,
         dataset=spec.dataset,
+        prefix=prefix,
+        fingerprint=fp.record() if fp is not None else old.get("fingerprint"),
     )
     _apply(body, patch, expert_status(body.get("status"), facts))
 
@@ -290,14 +322,25 @@ def reconcile_router(body: Mapping[str, Any], patch: kopf.Patch) -> None:
     ens = ensemble(spec, _selected_experts(ns, spec))
     use = ens.use()
     st = spec.storage
-    _, secret_problem = kube.read_secret_keys(
+    creds, secret_problem = kube.read_secret_keys(
         ns, builders.secret_name(st, SETTINGS), (st.access_key_key, st.secret_key_key)
     )
+    old_status = body.get("status") or {}
     job = finished = conflict = replacing = None
-    job_name = None
+    job_name = prefix = fp = storage_problem = None
+    if use is not None and creds is not None:
+        cfg = builders.storage_config(st, SETTINGS)
+        try:
+            manifest = dataset_manifest(cfg, creds[st.access_key_key], creds[st.secret_key_key], spec.data.name)
+        except Exception as err:  # keep serving; decide once the store answers
+            storage_problem = f"cannot read the dataset from {cfg.endpoint or 'the store'}: {type(err).__name__}"
+        else:
+            if manifest is not None:
+                fp, prefix = builders.router_version(spec, manifest, use)
+                _fingerprint_event(body, old_status, fp, cfg.uri, prefix)
     ours = [j for j in kube.list_jobs(ns, f"{API_GROUP}/router={name}") if builders.owns(body, j)]
-    if use is not None:
-        desired_job = builders.build_router_job(body, spec, SETTINGS, use)
+    if use is not None and prefix is not None:
+        desired_job = builders.build_router_job(body, spec, SETTINGS, use, prefix)
         job_name = desired_job["metadata"]["name"]
         job, conflict = _owned(body, kube.get("Job", ns, job_name))
         # A training Job that finished and was cleaned up (TTL) is not trained again.
@@ -355,7 +398,10 @@ def reconcile_router(body: Mapping[str, Any], patch: kopf.Patch) -> None:
         # A namesake of the serving children matters once there is something to serve.
         conflict=conflict or (dep_conflict or svc_conflict if trained == SUCCEEDED else None),
         replacing=replacing,
+        storage_problem=storage_problem,
         pod_message=_pod_message(ns, job_name) if job is not None and job_name and trained == FAILED else None,
+        prefix=prefix or old_status.get("prefix"),
+        fingerprint=fp.record() if fp is not None else old_status.get("fingerprint"),
     )
     _apply(body, patch, router_status(body.get("status"), facts))
 

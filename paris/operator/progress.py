@@ -18,7 +18,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from paris.config import StorageConfig, describe_errors
-from paris.layout import dataset_prefix, expert_prefix
+from paris.layout import dataset_prefix
 from paris.storage import Store, open_store
 
 _stores: dict[tuple[str, str | None, bool, str | None, str, str], Store] = {}
@@ -82,9 +82,9 @@ def _read(store: Store, key: str, model: type[BaseModel], problems: list[str]) -
     return None
 
 
-def expert_progress(cfg: StorageConfig, access_key: str, secret_key: str, model: str, cluster: int) -> ExpertProgress:
+def expert_progress(cfg: StorageConfig, access_key: str, secret_key: str, prefix: str) -> ExpertProgress:
+    """progress.json and latest.json of the expert training into `prefix`."""
     store = progress_store(cfg, access_key, secret_key)
-    prefix = expert_prefix(model, cluster)
     out = ExpertProgress()
     out.progress = _read(store, f"{prefix}/progress.json", ProgressFile, out.malformed)
     latest = _read(store, f"{prefix}/latest.json", LatestFile, out.malformed)

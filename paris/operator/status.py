@@ -88,6 +88,8 @@ class ExpertFacts:
     replacing: str | None = None  # a replaced Job (or its pods) still going away
     malformed: Sequence[str] = ()  # progress.json / latest.json ignored, and why
     pod_message: str | None = None  # what the failed trainer said (its termination message)
+    prefix: str | None = None  # the store prefix it trains into (its fingerprint's version)
+    fingerprint: Mapping[str, Any] | None = None  # paris.fingerprint record of that version
 
 
 @dataclass
@@ -264,6 +266,10 @@ def expert_status(old: Mapping[str, Any] | None, f: ExpertFacts) -> Computed:
         "totalSteps": total,
         "progress": f"{step}/{total}",
     }
+    if f.prefix:
+        status["prefix"] = f.prefix
+    if f.fingerprint:
+        status["fingerprint"] = dict(f.fingerprint)
     record = _record(f.job, f.finished, f.pod_message)
     status["jobName"] = (f.job or {}).get("metadata", {}).get("name") or (record or {}).get("name")
     status["finishedJob"] = record  # None removes a stale record (a merge patch deletes null keys)
@@ -365,6 +371,9 @@ class RouterFacts:
     conflict: str | None = None  # a child's name taken by an object this router does not own
     replacing: str | None = None  # an older router training still going away
     pod_message: str | None = None  # what the failed router trainer said
+    prefix: str | None = None  # the store prefix the router trains into (its fingerprint's version)
+    fingerprint: Mapping[str, Any] | None = None
+    storage_problem: str | None = None  # the dataset's manifest could not be read
 
 
 def deployment_available(dep: Mapping[str, Any] | None, replicas: int) -> bool:
@@ -420,6 +429,8 @@ def router_status(old: Mapping[str, Any] | None, f: RouterFacts) -> Computed:
             phase, reason, message = PENDING, "WaitingForExperts", selection
     elif f.replacing is not None:
         phase, reason, message = TRAINING, "ReplacingJob", f.replacing
+    elif f.job is None and f.finished is None and f.storage_problem is not None:
+        phase, reason, message = PENDING, "StorageUnreachable", f.storage_problem
     elif f.job is None and f.secret_problem is not None:
         phase, reason, message = PENDING, "SecretNotReady", f.secret_problem
     elif train_phase != SUCCEEDED:
@@ -446,6 +457,10 @@ def router_status(old: Mapping[str, Any] | None, f: RouterFacts) -> Computed:
         "servedExperts": served if served is not None else [],
         "readyReplicas": dst.get("readyReplicas") or 0,
     }
+    if f.prefix:
+        status["prefix"] = f.prefix
+    if f.fingerprint:
+        status["fingerprint"] = dict(f.fingerprint)
     record = _record(f.job, f.finished, f.pod_message)
     status["trainJob"] = (f.job or {}).get("metadata", {}).get("name") or (record or {}).get("name")
     status["finishedJob"] = record

@@ -190,7 +190,9 @@ def test_a_degraded_ensemble_serves_what_it_has_and_rolls_forward_when_the_missi
     assert "Deployment" in st["message"] and "life-serve" in st["message"] and "left alone" in st["message"]
     job = cluster.batch().read_namespaced_job(st["trainJob"], ns)
     command = job.spec.template.spec.containers[0].command
-    assert command[3:] == ["--expert", f"0=models/{MODEL}/experts/0", "--expert", f"1=models/{MODEL}/experts/1"]
+    versions = [status_of(cluster, ns, "parisexperts", e)["prefix"] for e in ("e0", "e1")]
+    assert command[3:7] == ["--expert", f"0={versions[0]}", "--expert", f"1={versions[1]}"]
+    assert command[7:] == ["--prefix", st["prefix"]] and st["prefix"].startswith(f"models/{MODEL}/router/fp-")
     mine = cluster.apps().read_namespaced_deployment("life-serve", ns)
     assert mine.metadata.uid == theirs.metadata.uid and mine.metadata.labels == {"app": "theirs"}
     assert not mine.metadata.owner_references and mine.spec.template.spec.containers[0].image == "example.org/theirs:1"
@@ -221,6 +223,8 @@ def test_a_degraded_ensemble_serves_what_it_has_and_rolls_forward_when_the_missi
     )
     assert st["servedExperts"] == ["e0", "e1", "e2"] and st["missingExperts"] == []
     assert cond(st, "Degraded")["status"] == "False"
+    changed = [e.message for e in events_for(cluster, ns, "life") if e.reason == "FingerprintChanged"]
+    assert any("router.clusters [0, 1] -> [0, 1, 2]" in m for m in changed), changed
     url = pod_runner.url_for_selector("app.kubernetes.io/instance=life,app.kubernetes.io/component=serve", ns)
     assert len(generate_usage(url)) == 3
     e1 = status_of(cluster, ns, "parisexperts", "e1")

@@ -419,7 +419,9 @@ def test_digits_run_from_manifests_to_png(
     for e in done:
         st, k = e["status"], e["spec"]["cluster"]
         assert (st["step"], st["totalSteps"], st["progress"]) == (40, 40, "40/40")
-        assert st["checkpoint"] == f"s3://{bucket}/models/digits/experts/{k}/checkpoints/step-000040"
+        # Each trains into the version of its fingerprint (paris.fingerprint), named in its status.
+        assert st["prefix"] == f"models/digits/experts/{k}/fp-{st['fingerprint']['digest'][:12]}"
+        assert st["checkpoint"] == f"s3://{bucket}/{st['prefix']}/checkpoints/step-000040"
         assert st["observedGeneration"] == e["metadata"]["generation"]
         assert st["startTime"] and st["completionTime"] and isinstance(st["loss"], float)
         conds = {c["type"]: c["status"] for c in st["conditions"]}
@@ -430,7 +432,8 @@ def test_digits_run_from_manifests_to_png(
     pod = cluster.core().list_namespaced_pod(ns, label_selector="paris.dev/expert=digits-expert-5").items[0]
     proc = pod_runner.find(pod.metadata.name, ns)
     assert proc is not None and proc.exit_code == 0
-    assert proc.argv == ["paris", "train", "expert", "--cluster", "5"]
+    prefix5 = next(e["status"]["prefix"] for e in done if e["spec"]["cluster"] == 5)
+    assert proc.argv == ["paris", "train", "expert", "--cluster", "5", "--prefix", prefix5]
     assert minio_server.secret_key not in json.dumps(pod.to_dict(), default=str)
 
     # The router trains, publishes the pipeline and rolls out the endpoint: behind a bearer
@@ -537,7 +540,8 @@ def test_digits_run_from_manifests_to_png(
 
     eventually(children_gone, 120, "the router's Deployment and Job to be garbage-collected", debug)
     assert minio_server.client().stat_object(bucket, "models/digits/pipeline.json")
-    assert minio_server.client().stat_object(bucket, "models/digits/experts/3/latest.json")
+    prefix3 = get_cr(cluster, ns, "parisexperts", "digits-expert-3")["status"]["prefix"]
+    assert minio_server.client().stat_object(bucket, f"{prefix3}/latest.json")
 
 
 # ---- Kueue admission and TTL cleanup -----------------------------------------------------------
@@ -612,7 +616,7 @@ def test_a_queued_expert_waits_for_admission_then_outlives_its_cleaned_up_job(
     time.sleep(4)  # several operator polls with the Job gone
     st = status()
     assert (st["phase"], st["reason"], st["jobName"]) == ("Succeeded", "JobComplete", job_name)
-    assert st["checkpoint"] == f"s3://{bucket}/models/digits/experts/6/checkpoints/step-000004"
+    assert st["checkpoint"] == f"s3://{bucket}/{st['prefix']}/checkpoints/step-000004"
     assert isinstance(st["loss"], float) and st["progress"] == "4/4"
     assert st["startTime"] and st["completionTime"] and st["finishedJob"]["name"] == job_name
     assert not cluster.batch().list_namespaced_job(ns).items, "a cleaned-up Job is not run again"

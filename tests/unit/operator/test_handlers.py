@@ -29,6 +29,7 @@ class FakeKube:
         self.secrets: dict[tuple[str, str], dict[str, str]] = {}
         self.experts: list[dict[str, Any]] = []
         self.pods: list[dict[str, Any]] = []
+        self.manifest: dict[str, Any] | None = {"name": "digits", "num_clusters": 8}
         self.created: list[str] = []
         self.deleted: list[str] = []
         self.conflicts = 0
@@ -102,6 +103,8 @@ def kube(monkeypatch: pytest.MonkeyPatch) -> FakeKube:
     monkeypatch.setattr(
         handlers, "expert_progress", lambda *a, **k: ExpertProgress({"step": 3, "total": 30, "loss": 0.5})
     )
+    # The prepared dataset every resource trains on (its checksum versions the prefixes).
+    monkeypatch.setattr(handlers, "dataset_manifest", lambda *a, **k: fake.manifest)
     events: list[tuple[str, str]] = []
     monkeypatch.setattr(kopf, "event", lambda body, type, reason, message="": events.append((type, reason)))
     fake.messages = []  # type: ignore[attr-defined]
@@ -369,13 +372,14 @@ def test_a_malformed_progress_file_is_ignored_and_reported(kube: FakeKube, monke
     monkeypatch.setattr(progress, "progress_store", lambda *a: store)
     monkeypatch.setattr(handlers, "expert_progress", progress.expert_progress)
     body = expert_body()
+    prefix = reconcile(handlers.reconcile_expert, body)["prefix"]
     for bad in (b"{not json", b'{"step": "many"}', b"[1, 2]"):
-        store.put_bytes("models/digits/experts/3/progress.json", bad)
+        store.put_bytes(f"{prefix}/progress.json", bad)
         st = reconcile(handlers.reconcile_expert, body)
         assert st["phase"] == "Pending" and st["step"] == 0, "the status goes on"
         problem = next(c for c in st["conditions"] if c["type"] == "ProgressMalformed")
         assert problem["status"] == "True" and "progress.json" in problem["message"] and "ignored" in problem["message"]
-    store.put_json("models/digits/experts/3/progress.json", {"step": 7, "total": 30, "loss": 0.25})
+    store.put_json(f"{prefix}/progress.json", {"step": 7, "total": 30, "loss": 0.25})
     st = reconcile(handlers.reconcile_expert, body)
     assert st["step"] == 7 and st["loss"] == 0.25
     assert next(c for c in st["conditions"] if c["type"] == "ProgressMalformed")["status"] == "False"
@@ -426,7 +430,10 @@ def test_the_router_trains_over_exactly_its_selected_experts(kube: FakeKube) -> 
     st = reconcile(handlers.reconcile_router, body)
     (job,) = [o for (k, _, _), o in kube.objects.items() if k == "Job"]
     command = job["spec"]["template"]["spec"]["containers"][0]["command"]
-    assert command[3:] == ["--expert", "1=models/digits/experts/1", "--expert", "4=models/digits/experts/4"]
+    assert command[3:7] == ["--expert", "1=models/digits/experts/1", "--expert", "4=models/digits/experts/4"]
+    assert (
+        command[7] == "--prefix" and command[8] == st["prefix"] and st["prefix"].startswith("models/digits/router/fp-")
+    )
     assert st["expertsReady"] == "2/2"
 
 
@@ -546,3 +553,55 @@ def test_finished_pods_of_an_earlier_training_do_not_hold_up_the_next(kube: Fake
     kube.experts.append(ready_expert(2))
     reconcile(handlers.reconcile_router, body)
     assert len([c for c in kube.created if c.startswith("Job/")]) == 2, "a finished pod trains nothing"
+
+
+def test_a_spec_change_that_alters_the_weights_trains_into_a_new_version_and_says_so(kube: FakeKube) -> None:
+    _creds(kube)
+    body = expert_body()
+    st = reconcile(handlers.reconcile_expert, body)
+    first = st["prefix"]
+    assert first.startswith("models/digits/experts/3/fp-") and st["fingerprint"]["digest"][:12] in first
+    job = kube.get("Job", "ns1", "digits-expert-3-train")
+    assert job is not None and job["spec"]["template"]["spec"]["containers"][0]["command"][-2:] == ["--prefix", first]
+
+    # More steps: the same version (the new Job resumes it).
+    body["spec"]["train"]["steps"] = 60
+    body["metadata"]["generation"] = 2
+    st = reconcile(handlers.reconcile_expert, body)
+    assert st["prefix"] == first and ("Normal", "FingerprintChanged") not in kube.events  # type: ignore[attr-defined]
+    kube.gc()
+    reconcile(handlers.reconcile_expert, body)
+
+    # Another learning rate: another version, and an event naming the change.
+    body["spec"]["train"]["lr"] = 0.002
+    body["metadata"]["generation"] = 3
+    st = reconcile(handlers.reconcile_expert, body)
+    assert st["prefix"] != first and st["prefix"].startswith("models/digits/experts/3/fp-")
+    assert ("Normal", "FingerprintChanged") in kube.events  # type: ignore[attr-defined]
+    # A dataset prepared again is another dataset: another version too.
+    second = st["prefix"]
+    kube.manifest = {"name": "digits", "num_clusters": 8, "prepared": "again"}
+    assert reconcile(handlers.reconcile_expert, body)["prefix"] not in (first, second)
+
+
+def test_an_unprepared_dataset_creates_no_job_and_an_outage_keeps_the_running_one(
+    kube: FakeKube, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _creds(kube)
+    kube.manifest = None
+    st = reconcile(handlers.reconcile_expert, expert_body())
+    assert (st["phase"], st["reason"]) == ("Pending", "DatasetNotPrepared") and kube.created == []
+    kube.manifest = {"name": "digits", "num_clusters": 8}
+    body = expert_body()
+    st = reconcile(handlers.reconcile_expert, body)
+    assert kube.created == ["Job/digits-expert-3-train"]
+
+    def down(*a: Any, **k: Any) -> None:
+        raise ConnectionError("store down")
+
+    monkeypatch.setattr(handlers, "dataset_manifest", down)
+    body["spec"]["train"]["lr"] = 0.5
+    body["metadata"]["generation"] = 2
+    st = reconcile(handlers.reconcile_expert, body)
+    assert kube.deleted == [] and st["prefix"], "no decision on a spec change while the store is unreachable"
+    assert next(c for c in st["conditions"] if c["type"] == "StorageReachable")["status"] == "False"
