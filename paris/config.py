@@ -104,6 +104,13 @@ class StorageConfig(_Model):
     )
     secure: bool = Field(False, description="Use TLS for the S3 endpoint")
     region: str | None = Field(None, description="S3 region, if the server needs one")
+    retry_deadline: float = Field(
+        900.0,
+        ge=0,
+        le=7 * 86400,
+        description="Seconds an s3 call keeps retrying an unreachable store (exponential backoff, jitter) "
+        "before the command fails naming the endpoint",
+    )
 
     def resolved_endpoint(self) -> str | None:
         return os.environ.get("PARIS_S3_ENDPOINT") or self.endpoint
@@ -519,6 +526,14 @@ class S3Storage(_Model):
         alias="secretName",
         pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$",
         description="Secret with the access keys; default: the operator's credentialsSecret",
+    )
+    retry_deadline_seconds: float = Field(
+        900.0,
+        alias="retryDeadlineSeconds",
+        ge=0,
+        le=7 * 86400,
+        description="How long a trainer waits out an unreachable store (retrying with backoff) before its "
+        "pod fails and the Job retries it",
     )
     access_key_key: str = Field("AWS_ACCESS_KEY_ID", alias="accessKeyKey", description="Key of the access key id")
     secret_key_key: str = Field("AWS_SECRET_ACCESS_KEY", alias="secretKeyKey", description="Key of the secret key")

@@ -202,7 +202,11 @@ def secret_name(storage: S3Storage, settings: OperatorSettings) -> str:
 
 def storage_config(storage: S3Storage, settings: OperatorSettings) -> StorageConfig:
     return StorageConfig(
-        uri=storage.uri, endpoint=s3_endpoint(storage, settings), secure=storage.secure, region=storage.region
+        uri=storage.uri,
+        endpoint=s3_endpoint(storage, settings),
+        secure=storage.secure,
+        region=storage.region,
+        retry_deadline=storage.retry_deadline_seconds,
     )
 
 

@@ -63,7 +63,9 @@ def progress_store(cfg: StorageConfig, access_key: str, secret_key: str) -> Stor
             http = PoolManager(
                 timeout=Timeout(connect=3, read=5), retries=Retry(total=1, backoff_factor=0.2), maxsize=8
             )
-            _stores[k] = open_store(cfg, access_key=access_key, secret_key=secret_key, read_only=True, http_client=http)
+            _stores[k] = open_store(
+                cfg, access_key=access_key, secret_key=secret_key, read_only=True, http_client=http, deadline=0
+            )
         return _stores[k]
 
 
