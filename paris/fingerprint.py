@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -45,9 +45,19 @@ def _canonical(obj: Any) -> bytes:
 
 
 def manifest_checksum(manifest: Mapping[str, Any]) -> str:
-    """The dataset's identity: a digest of its whole manifest (clusters, part checksums,
-    encoders). A dataset prepared again, even under the same name, is another dataset."""
+    """A digest of a whole manifest (clusters, part checksums, encoders)."""
     return hashlib.sha256(_canonical(dict(manifest))).hexdigest()[:16]
+
+
+def dataset_checksum(manifest: Mapping[str, Any], clusters: Sequence[int]) -> str:
+    """The identity of what a model trains on: the encoders, the latent space and the parts
+    (with their sha256) of these clusters, nothing else. A dataset prepared again is another
+    dataset; a cluster added to it later changes no existing expert's identity, so old experts
+    stay untouched while the new one trains (paris data add)."""
+    parts = {str(k): [(s.get("key"), s.get("sha256")) for s in manifest["clusters"][k]["shards"]] for k in clusters}
+    return hashlib.sha256(
+        _canonical({"latent": manifest.get("latent"), "text": manifest.get("text"), "clusters": parts})
+    ).hexdigest()[:16]
 
 
 @dataclass(frozen=True)

@@ -34,7 +34,7 @@ from paris.config import (
     StorageConfig,
 )
 from paris.errors import USER_ERROR_EXIT
-from paris.fingerprint import Fingerprint, expert_fingerprint, manifest_checksum, router_fingerprint
+from paris.fingerprint import Fingerprint, dataset_checksum, expert_fingerprint, router_fingerprint
 from paris.layout import expert_prefix, router_prefix, versioned
 
 MANAGED_BY = "paris-operator"
@@ -421,13 +421,14 @@ def expert_store_prefix(spec: ParisExpertSpec) -> str:
 
 def expert_version(spec: ParisExpertSpec, manifest: Mapping[str, Any]) -> tuple[Fingerprint, str]:
     """The expert's fingerprint for this dataset, and the prefix it trains into."""
-    fp = expert_fingerprint(spec.expert, spec.train, spec.data.name, manifest_checksum(manifest), spec.cluster)
+    checksum = dataset_checksum(manifest, [spec.cluster])
+    fp = expert_fingerprint(spec.expert, spec.train, spec.data.name, checksum, spec.cluster)
     return fp, versioned(expert_store_prefix(spec), fp.digest)
 
 
 def router_version(spec: ParisRouterSpec, manifest: Mapping[str, Any], experts: ExpertSet) -> tuple[Fingerprint, str]:
     """The router's fingerprint over these experts, and the prefix it trains into."""
-    fp = router_fingerprint(spec.router, spec.data.name, manifest_checksum(manifest), experts)
+    fp = router_fingerprint(spec.router, spec.data.name, dataset_checksum(manifest, sorted(experts)), experts)
     return fp, versioned(router_prefix(spec.model), fp.digest)
 
 

@@ -199,6 +199,9 @@ def reconcile_expert(body: Mapping[str, Any], patch: kopf.Patch, claims: Claims)
             if manifest is None:
                 problem = ("DatasetNotPrepared", f"dataset {spec.data.name!r} is not in {st.uri} yet: run "
                            "`paris data prepare` (or name a ParisDataset in spec.dataset)")
+            elif not 0 <= spec.cluster < int(manifest.get("num_clusters") or 0):
+                problem = ("ClusterNotInDataset", f"dataset {spec.data.name!r} has clusters 0.."
+                           f"{int(manifest.get('num_clusters') or 0) - 1}, not {spec.cluster} (yet: `paris data add`)")
             else:
                 fp, prefix = builders.expert_version(spec, manifest)
                 _fingerprint_event(body, old, fp, builders.storage_config(st, SETTINGS).uri, prefix)

@@ -20,7 +20,7 @@ from paris.config import RunConfig, TrainConfig
 from paris.data.shards import ShardSet, load_manifest, load_null_text, load_split, split_shards
 from paris.data.stream import Batches, ShardStream
 from paris.errors import ConfigError
-from paris.fingerprint import Fingerprint, check_resume, manifest_checksum, router_fingerprint
+from paris.fingerprint import Fingerprint, check_resume, dataset_checksum, router_fingerprint
 from paris.layout import dataset_prefix, router_prefix
 from paris.plots import accuracy_plot_png, save_loss_plot
 from paris.progress import console
@@ -144,7 +144,8 @@ def router_fingerprint_of(
     cfg: RunConfig, manifest: dict[str, Any], experts: Mapping[int, str] | None
 ) -> Fingerprint:
     clusters = routed_clusters(manifest, experts)
-    return router_fingerprint(cfg.router, cfg.data.name, manifest_checksum(manifest), dict.fromkeys(clusters, ""))
+    checksum = dataset_checksum(manifest, clusters)
+    return router_fingerprint(cfg.router, cfg.data.name, checksum, dict.fromkeys(clusters, ""))
 
 
 def train_router(

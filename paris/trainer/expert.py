@@ -12,7 +12,7 @@ import torch
 from paris.config import RunConfig, TrainConfig
 from paris.data.shards import load_manifest, load_null_text, split_shards
 from paris.data.stream import Batches, ShardStream
-from paris.fingerprint import check_resume, expert_fingerprint, manifest_checksum
+from paris.fingerprint import check_resume, dataset_checksum, expert_fingerprint
 from paris.layout import dataset_prefix, expert_prefix
 from paris.plots import save_loss_plot
 from paris.storage import Store
@@ -53,7 +53,7 @@ def train_expert(cfg: RunConfig, cluster: int, store: Store, prefix: str | None 
     torch.manual_seed(tcfg.seed)
     model = build_expert(cfg.expert, manifest["latent"], manifest["text"]["dim"])
     prefix = prefix or expert_prefix(cfg.model, cluster)
-    fp = expert_fingerprint(cfg.expert, cfg.train, cfg.data.name, manifest_checksum(manifest), cluster)
+    fp = expert_fingerprint(cfg.expert, cfg.train, cfg.data.name, dataset_checksum(manifest, [cluster]), cluster)
     check_resume(checkpoint_fingerprint(store, prefix), fp, store.uri(prefix))
     stream = ShardStream(
         store, dataset_prefix(cfg.data.name), parts, tcfg.batch_size * tcfg.grad_accum, tcfg.window, tcfg.seed

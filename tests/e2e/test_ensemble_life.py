@@ -159,16 +159,16 @@ def test_a_degraded_ensemble_serves_what_it_has_and_rolls_forward_when_the_missi
 
     # Someone else's Deployment already has the name the router's would get.
     theirs = cluster.apps().create_namespaced_deployment(ns, foreign_deployment("life-serve"))
-    # e2's cluster is a typo: the dataset has clusters 0..2.
-    assert (
-        apply(cluster, ns, [expert("e0", 0, bucket), expert("e1", 1, bucket), expert("e2", 5, bucket)]).returncode == 0
-    )
+    # e2 asks for a GPU on the CPU pool: a user's mistake only its trainer can see.
+    e2 = expert("e2", 2, bucket)
+    e2["spec"]["train"]["device"] = "cuda"
+    assert apply(cluster, ns, [expert("e0", 0, bucket), expert("e1", 1, bucket), e2]).returncode == 0
     assert apply(cluster, ns, [router("life", bucket, count=2)]).returncode == 0
 
     # A user's mistake fails the Job at once (podFailurePolicy), with the trainer's own words.
     st = until(cluster, ns, "parisexperts", "e2", lambda s: s.get("phase") == "Failed", "to fail", debug)
     assert st["reason"] == "PodFailurePolicy", st
-    assert "error: cluster 5 does not exist" in st["message"] and "clusters 0..2" in st["message"], st
+    assert "error: device 'cuda': this machine has no CUDA device" in st["message"], st
     assert st.get("podFailures") == 1, "no retry of a deterministic error (backoffLimit 3)"
 
     # A duplicate of e1 (another resource, same model and cluster) is refused; both say so.
@@ -202,7 +202,7 @@ def test_a_degraded_ensemble_serves_what_it_has_and_rolls_forward_when_the_missi
     cluster.apps().delete_namespaced_deployment("life-serve", ns)
     st = until(cluster, ns, "parisrouters", "life", lambda s: s.get("phase") == "Degraded", "Degraded", debug)
     assert st["servedExperts"] == ["e0", "e1"] and len(st["missingExperts"]) == 1
-    assert st["missingExperts"][0].startswith("e2 (Failed:") and "cluster 5" in st["missingExperts"][0]
+    assert st["missingExperts"][0].startswith("e2 (Failed:") and "no CUDA device" in st["missingExperts"][0]
     assert cond(st, "Degraded")["status"] == "True" and cond(st, "Available")["status"] == "True"
     url = pod_runner.url_for_selector("app.kubernetes.io/instance=life,app.kubernetes.io/component=serve", ns)
     usage = generate_usage(url)
@@ -210,7 +210,7 @@ def test_a_degraded_ensemble_serves_what_it_has_and_rolls_forward_when_the_missi
     degraded_job = st["trainJob"]
 
     # The user fixes e2: it trains, and the router trains again over all three and rolls forward.
-    patch_spec(cluster, ns, "parisexperts", "e2", {"cluster": 2})
+    patch_spec(cluster, ns, "parisexperts", "e2", {"train": {"device": "auto"}})
     until(cluster, ns, "parisexperts", "e2", lambda s: s.get("phase") == "Succeeded", "to succeed", debug)
     st = until(
         cluster,

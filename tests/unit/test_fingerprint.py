@@ -12,6 +12,7 @@ from paris.config import ExpertModelConfig, RouterConfig, TrainConfig
 from paris.errors import ParisError
 from paris.fingerprint import (
     check_resume,
+    dataset_checksum,
     expert_fingerprint,
     manifest_checksum,
     pipeline_fingerprint,
@@ -35,6 +36,19 @@ def test_result_changing_settings_change_the_digest_and_execution_settings_do_no
     assert expert_fingerprint(ExpertModelConfig(), TrainConfig(), "digits", "beef", 3).digest != base, "dataset"
     assert expert_fingerprint(ExpertModelConfig(), TrainConfig(), "digits", "c0ffee", 4).digest != base, "cluster"
     assert manifest_checksum({"a": 1, "b": [1, 2]}) == manifest_checksum({"b": [1, 2], "a": 1})
+
+
+def test_a_cluster_added_to_the_dataset_leaves_every_old_expert_its_identity() -> None:
+    def cluster(k: int, sha: str) -> dict[str, object]:
+        return {"id": k, "shards": [{"key": f"clusters/{k}/p0", "sha256": sha}]}
+
+    before = {"latent": {"size": 8}, "text": {"dim": 384}, "clusters": [cluster(0, "a"), cluster(1, "b")]}
+    after = {**before, "clusters": [cluster(0, "a"), cluster(1, "b"), cluster(2, "c")], "num_clusters": 3}
+    assert dataset_checksum(before, [0]) == dataset_checksum(after, [0])
+    assert dataset_checksum(before, [0, 1]) != dataset_checksum(after, [0, 1, 2]), "the router's data changed"
+    again = {**before, "clusters": [cluster(0, "z"), cluster(1, "b")]}
+    assert dataset_checksum(again, [0]) != dataset_checksum(before, [0]), "prepared again: another dataset"
+    assert dataset_checksum(again, [1]) == dataset_checksum(before, [1])
 
 
 def test_a_resume_into_other_settings_is_refused_naming_what_changed() -> None:

@@ -29,7 +29,7 @@ class FakeKube:
         self.secrets: dict[tuple[str, str], dict[str, str]] = {}
         self.experts: list[dict[str, Any]] = []
         self.pods: list[dict[str, Any]] = []
-        self.manifest: dict[str, Any] | None = {"name": "digits", "num_clusters": 8}
+        self.manifest: dict[str, Any] | None = manifest()
         self.created: list[str] = []
         self.deleted: list[str] = []
         self.conflicts = 0
@@ -82,6 +82,13 @@ class FakeKube:
 
     def list_experts(self, ns: str, selector: str | None = None) -> list[dict[str, Any]]:
         return self.experts
+
+
+def manifest(again: bool = False) -> dict[str, Any]:
+    """A prepared dataset's manifest: 8 clusters, one part each."""
+    sha = "b" if again else "a"
+    clusters = [{"id": k, "size": 10, "shards": [{"key": f"p{k}", "sha256": sha * 64}]} for k in range(8)]
+    return {"name": "digits", "num_clusters": 8, "latent": {"size": 8}, "text": {"dim": 384}, "clusters": clusters}
 
 
 def _matches(obj: dict[str, Any], selector: str) -> bool:
@@ -580,7 +587,7 @@ def test_a_spec_change_that_alters_the_weights_trains_into_a_new_version_and_say
     assert ("Normal", "FingerprintChanged") in kube.events  # type: ignore[attr-defined]
     # A dataset prepared again is another dataset: another version too.
     second = st["prefix"]
-    kube.manifest = {"name": "digits", "num_clusters": 8, "prepared": "again"}
+    kube.manifest = manifest(again=True)
     assert reconcile(handlers.reconcile_expert, body)["prefix"] not in (first, second)
 
 
@@ -591,7 +598,9 @@ def test_an_unprepared_dataset_creates_no_job_and_an_outage_keeps_the_running_on
     kube.manifest = None
     st = reconcile(handlers.reconcile_expert, expert_body())
     assert (st["phase"], st["reason"]) == ("Pending", "DatasetNotPrepared") and kube.created == []
-    kube.manifest = {"name": "digits", "num_clusters": 8}
+    kube.manifest = manifest()
+    st = reconcile(handlers.reconcile_expert, expert_body(cluster=9))
+    assert (st["phase"], st["reason"]) == ("Pending", "ClusterNotInDataset") and "0..7, not 9" in st["message"]
     body = expert_body()
     st = reconcile(handlers.reconcile_expert, body)
     assert kube.created == ["Job/digits-expert-3-train"]
