@@ -105,7 +105,7 @@ def test_the_papers_configuration_runs_end_to_end_then_generates_evaluates_and_s
     assert (store / "models/tiny/samples/top1.png").is_file()
 
     # The pipeline's text encoder gives the token states the training captions were encoded to.
-    pipe = ParisPipeline.from_pretrained(store / "models/tiny/pipeline")
+    pipe = ParisPipeline.from_pretrained(served_pipeline(store, "tiny"))
     part = read_shard(LocalStore(store), "datasets/squares", manifest["clusters"][0]["shards"][0])
     states, mask = pipe.encode_prompt([part.captions[0]])
     assert torch.equal(mask[0], part.text_mask[0])
