@@ -10,7 +10,7 @@ import pytest
 
 from paris.cli import parse_experts
 from paris.errors import ParisError
-from tests.helpers import paris_cli, tiny_config, write_config
+from tests.helpers import paris_cli, served_pipeline, tiny_config, write_config
 
 
 def test_expert_options_parse_into_clusters_and_prefixes() -> None:
@@ -32,7 +32,7 @@ def test_a_router_over_a_subset_of_the_experts_publishes_a_pipeline_of_that_subs
         assert r.returncode == 0, r.stderr
     r = paris_cli("train", "router", str(cfg), "--expert", "0", "--expert", "2=models/tiny/experts/2")
     assert r.returncode == 0, r.stderr
-    pipeline = tmp_path / "s/models/tiny/pipeline"
+    pipeline = served_pipeline(tmp_path / "s", "tiny")
     index = json.loads((pipeline / "model_index.json").read_text())
     assert sorted(k for k in index if k.startswith("expert_")) == ["expert_0", "expert_1"], "two experts, in order"
     router = json.loads((pipeline / "router/config.json").read_text())
