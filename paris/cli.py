@@ -10,8 +10,9 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from pydantic import ValidationError
 
-from paris.config import DEFAULT_ROUTING, RunConfig, load_config, parse_routing, sample_overrides
+from paris.config import DEFAULT_ROUTING, RunConfig, describe_errors, load_config, parse_routing, sample_overrides
 from paris.errors import ParisError
 from paris.progress import console
 from paris.storage import Store, open_store
@@ -52,6 +53,31 @@ def data_prepare(
     manifest = prepare_dataset(cfg.data, store, workers)
     for c in manifest["clusters"]:
         console.print(f"cluster {c['id']}: {c['size']} images")
+
+
+@data_app.command("add")
+def data_add(
+    config: ConfigArg = None,
+    source: Annotated[str, typer.Option(help="digits, folder or webdataset")] = "digits",
+    path: Annotated[str | None, typer.Option(help="folder: a dir with captions.jsonl; webdataset: tars")] = None,
+    label: Annotated[list[int] | None, typer.Option("--label", help="digits: a digit to add; repeat")] = None,
+) -> None:
+    """Add new data to the prepared dataset as one new cluster, encoded with its encoders.
+
+    The old clusters are untouched, so their experts stay valid; train the new cluster's
+    expert alone (`paris train expert --cluster K`), then grow the router by one class
+    (`paris train router --grow-from PREFIX`)."""
+    from paris.config import DataConfig
+    from paris.data.add import add_cluster
+
+    cfg, store = _load(config)
+    try:
+        new = DataConfig.model_validate({**cfg.data.model_dump(), "source": source, "path": path, "labels": label,
+                                         "limit": None})
+    except ValidationError as err:
+        raise ParisError(f"command-line option: {describe_errors(err, root='data')}") from None
+    manifest = add_cluster(cfg.data, new, store)
+    console.print(f"dataset {cfg.data.name!r} now has {manifest['num_clusters']} clusters")
 
 
 @data_app.command("work")
@@ -129,6 +155,13 @@ def train_router(
     prefix: Annotated[
         str | None, typer.Option(help="Store prefix of the router's checkpoints (default: models/<model>/router)")
     ] = None,
+    grow_from: Annotated[
+        str | None,
+        typer.Option(
+            help="Prefix of a trained router over some of these experts: grow its head by the new ones and "
+            "fine-tune it (router.grow_steps) instead of training from scratch"
+        ),
+    ] = None,
 ) -> None:
     """Train the router over the experts' clusters; report held-out accuracy per noise level.
     The pipeline is published into a version folder of its own, then made the served one."""
@@ -137,7 +170,7 @@ def train_router(
 
     cfg, store = _load(config)
     experts = parse_experts(expert, cfg.model)
-    result, _ = run_router(cfg, store, experts, _prefix(prefix))
+    result, _ = run_router(cfg, store, experts, _prefix(prefix), _prefix(grow_from))
     console.print(f"router: step {result.step}, loss {result.loss:.4f}")
     if publish:
         uri = publish_ensemble(cfg, store, experts, _prefix(prefix))

@@ -172,6 +172,11 @@ class DataConfig(_Model):
     )
     shard_size: int = Field(4096, ge=1, description="Samples per safetensors shard")
     limit: int | None = Field(None, ge=1, description="Use only the first N samples")
+    labels: list[int] | None = Field(
+        None,
+        description="digits: keep only images of these digits (e.g. leave one out, to add it later with "
+        "`paris data add`)",
+    )
     seed: int = 0
     # How preparation scales: parts -> work units (indexes) -> batches on a device.
     part_size: int = Field(
@@ -299,6 +304,12 @@ class TrainConfig(_Model):
 
 class RouterConfig(_Model):
     model: RouterModelConfig = Field(default_factory=RouterModelConfig)
+    grow_steps: int | None = Field(
+        None,
+        ge=1,
+        description="Fine-tuning steps when the router grows by new experts (`paris train router --grow-from`; "
+        "default: a tenth of train.steps)",
+    )
     train: TrainConfig = Field(
         default_factory=lambda: TrainConfig(
             steps=1000, lr=5e-4, caption_dropout=0.0, timestep_sampling="uniform", ema_decay=0.99

@@ -128,11 +128,13 @@ def router_fingerprint(
     )
 
 
-def pipeline_fingerprint(router: Fingerprint, experts: Mapping[int, Mapping[str, Any] | None]) -> Fingerprint:
-    """A published pipeline: its router's fingerprint and each expert's (by cluster)."""
+def pipeline_fingerprint(
+    router: Fingerprint | Mapping[str, Any], experts: Mapping[int, Mapping[str, Any] | None]
+) -> Fingerprint:
+    """A published pipeline: its router's fingerprint (or record) and each expert's (by cluster)."""
     return Fingerprint(
         {
-            "router": router.digest,
+            "router": router.digest if isinstance(router, Fingerprint) else router.get("digest"),
             **{f"expert.{k}": (fp or {}).get("digest") for k, fp in sorted(experts.items())},
         }
     )

@@ -128,9 +128,8 @@ def publish_ensemble(
     at = dict(experts_at) if experts_at else {i: expert_prefix(cfg.model, i) for i in range(manifest["num_clusters"])}
     router_at = router_at or router_prefix(cfg.model)
     pipe = build_pipeline(cfg, store, at, router_at)
-    fp = pipeline_fingerprint(
-        router_fingerprint_of(cfg, manifest, at), {k: checkpoint_fingerprint(store, p) for k, p in at.items()}
-    )
+    router_fp = checkpoint_fingerprint(store, router_at) or router_fingerprint_of(cfg, manifest, at).record()
+    fp = pipeline_fingerprint(router_fp, {k: checkpoint_fingerprint(store, p) for k, p in at.items()})
     experts = {str(k): p for k, p in sorted(at.items())}
     return publish_pipeline(pipe, store, cfg.model, fp, experts=experts, router=router_at)
 

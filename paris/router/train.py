@@ -141,28 +141,65 @@ def routed_clusters(manifest: dict[str, Any], experts: Mapping[int, str] | None)
 
 
 def router_fingerprint_of(
-    cfg: RunConfig, manifest: dict[str, Any], experts: Mapping[int, str] | None
+    cfg: RunConfig, manifest: dict[str, Any], experts: Mapping[int, str] | None, grown_from: str | None = None
 ) -> Fingerprint:
     clusters = routed_clusters(manifest, experts)
     checksum = dataset_checksum(manifest, clusters)
-    return router_fingerprint(cfg.router, cfg.data.name, checksum, dict.fromkeys(clusters, ""))
+    fp = router_fingerprint(cfg.router, cfg.data.name, checksum, dict.fromkeys(clusters, ""))
+    if grown_from is None:
+        return fp
+    return Fingerprint({**fp.fields, "router.grown_from": grown_from})
+
+
+def grow(old: ParisRouter, new: ParisRouter) -> ParisRouter:
+    """`new` (more classes) with every weight of `old`: the trunk as it is, and the head's rows
+    of the old classes moved to their new positions. A new class starts at the mean of the
+    old ones (no preference), so fine-tuning only has to teach it."""
+    before = old.config.clusters or list(range(old.config.num_clusters))
+    after = new.config.clusters or list(range(new.config.num_clusters))
+    if not set(before) <= set(after):
+        raise ConfigError(f"--grow-from: that router routes over clusters {before}, not a subset of {after}")
+    state = old.state_dict()
+    head = f"head.{len(old.head) - 1}"  # the Linear to one logit per class
+    w_old, b_old = state[f"{head}.weight"], state[f"{head}.bias"]
+    w = w_old.mean(0, keepdim=True).repeat(len(after), 1)
+    b = b_old.mean().repeat(len(after))
+    for i, k in enumerate(before):
+        w[after.index(k)], b[after.index(k)] = w_old[i], b_old[i]
+    state[f"{head}.weight"], state[f"{head}.bias"] = w, b
+    new.load_state_dict(state)
+    return new
 
 
 def train_router(
-    cfg: RunConfig, store: Store, experts: Mapping[int, str] | None = None, prefix: str | None = None
+    cfg: RunConfig,
+    store: Store,
+    experts: Mapping[int, str] | None = None,
+    prefix: str | None = None,
+    grow_from: str | None = None,
 ) -> tuple[TrainResult, list[dict[str, float]]]:
     """Train the router over `experts` (cluster -> store prefix of its expert; default: every
     cluster's expert at its usual prefix) into `prefix` (default: models/<model>/router; the
     operator passes a versioned one): it learns which of those clusters x_0 came from, on
     those clusters' data only, so its weights renormalize over the experts it routes to.
-    Checkpoints of other settings or another expert set there are refused (paris.fingerprint)."""
+    Checkpoints of other settings or another expert set there are refused (paris.fingerprint).
+
+    `grow_from` (a trained router's prefix, over a subset of these clusters): start from its
+    weights with the head grown by the new classes, and fine-tune for router.grow_steps steps
+    on every routed cluster's data, instead of training from scratch."""
     manifest = load_manifest(store, cfg.data.name)
     clusters = routed_clusters(manifest, experts)
     prefix = prefix or router_prefix(cfg.model)
-    fp = router_fingerprint_of(cfg, manifest, experts)
+    parent = None
+    if grow_from is not None:
+        parent_fp = checkpoint_fingerprint(store, grow_from) or {}
+        parent = parent_fp.get("digest") or grow_from
+    fp = router_fingerprint_of(cfg, manifest, experts, parent)
     check_resume(checkpoint_fingerprint(store, prefix), fp, store.uri(prefix))
     label_of = class_of(clusters)
     tcfg = cfg.router.train
+    if grow_from is not None:
+        tcfg = tcfg.model_copy(update={"steps": cfg.router.grow_steps or max(1, tcfg.steps // 10)})
     # The routed clusters' parts in one stream, each window mixing them in proportion (the
     # parts of a cluster are spread through the epoch); nothing loads them all.
     split = [(i, p) for i in clusters for p in split_shards(manifest, i)]
@@ -177,11 +214,16 @@ def train_router(
     )
     torch.manual_seed(tcfg.seed)
     model = build_router(cfg.router.model, len(clusters), manifest["latent"], manifest["text"]["dim"], clusters)
+    if grow_from is not None:
+        with tempfile.TemporaryDirectory() as tmp:
+            model = grow(ParisRouter.from_pretrained(fetch_weights(store, grow_from, Path(tmp), which="ema")), model)
+        console.print(f"router: grown from {store.uri(grow_from)} to clusters {clusters}")
     meta: dict[str, Any] = {
         "clusters": clusters,
         "samples": stream.samples,
         "params": count_params(model),
         "fingerprint": fp.record(),
+        **({"grown_from": grow_from} if grow_from else {}),
     }
     loss = router_loss(stream, load_null_text(store, manifest), tcfg, label_of)
     try:
