@@ -10,8 +10,9 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from pydantic import ValidationError
 
-from paris.config import DEFAULT_ROUTING, RunConfig, load_config, parse_routing, sample_overrides
+from paris.config import DEFAULT_ROUTING, RunConfig, describe_errors, load_config, parse_routing, sample_overrides
 from paris.errors import ParisError
 from paris.progress import console
 from paris.storage import Store, open_store
@@ -54,6 +55,31 @@ def data_prepare(
         console.print(f"cluster {c['id']}: {c['size']} images")
 
 
+@data_app.command("add")
+def data_add(
+    config: ConfigArg = None,
+    source: Annotated[str, typer.Option(help="digits, folder or webdataset")] = "digits",
+    path: Annotated[str | None, typer.Option(help="folder: a dir with captions.jsonl; webdataset: tars")] = None,
+    label: Annotated[list[int] | None, typer.Option("--label", help="digits: a digit to add; repeat")] = None,
+) -> None:
+    """Add new data to the prepared dataset as one new cluster, encoded with its encoders.
+
+    The old clusters are untouched, so their experts stay valid; train the new cluster's
+    expert alone (`paris train expert --cluster K`), then grow the router by one class
+    (`paris train router --grow-from PREFIX`)."""
+    from paris.config import DataConfig
+    from paris.data.add import add_cluster
+
+    cfg, store = _load(config)
+    try:
+        new = DataConfig.model_validate({**cfg.data.model_dump(), "source": source, "path": path, "labels": label,
+                                         "limit": None})
+    except ValidationError as err:
+        raise ParisError(f"command-line option: {describe_errors(err, root='data')}") from None
+    manifest = add_cluster(cfg.data, new, store)
+    console.print(f"dataset {cfg.data.name!r} now has {manifest['num_clusters']} clusters")
+
+
 @data_app.command("work")
 def data_work(
     stage: Annotated[str, typer.Argument(help="features, cluster, encode or finalize")],
@@ -75,29 +101,79 @@ def data_work(
 def train_expert(
     config: ConfigArg = None,
     cluster: Annotated[int, typer.Option("--cluster", "-k", help="Which cluster's expert to train", min=0)] = 0,
+    prefix: Annotated[
+        str | None,
+        typer.Option(help="Store prefix of its checkpoints (default: models/<model>/experts/<k>)"),
+    ] = None,
 ) -> None:
     """Train one expert on its cluster only. Re-running resumes from the last checkpoint."""
     from paris.trainer.expert import train_expert as run_expert
 
     cfg, store = _load(config)
-    result = run_expert(cfg, cluster, store)
+    result = run_expert(cfg, cluster, store, _prefix(prefix))
     console.print(f"expert {cluster}: step {result.step}, loss {result.loss:.4f}")
+
+
+def _prefix(value: str | None) -> str | None:
+    if value is None:
+        return None
+    cleaned = value.strip().strip("/")
+    if not cleaned or ".." in cleaned.split("/"):
+        raise ParisError(f"--prefix {value!r}: expected a store prefix such as models/<model>/experts/0")
+    return cleaned
+
+
+def parse_experts(values: list[str] | None, model: str) -> dict[int, str] | None:
+    """`--expert K` or `--expert K=PREFIX` (repeated) -> {cluster: store prefix of its expert}."""
+    from paris.layout import expert_prefix
+
+    if not values:
+        return None
+    out: dict[int, str] = {}
+    for v in values:
+        k, _, prefix = v.partition("=")
+        if not k.strip().isdigit():
+            raise ParisError(f"--expert {v!r}: expected CLUSTER or CLUSTER=PREFIX, e.g. 3=models/{model}/experts/3")
+        if int(k) in out:
+            raise ParisError(f"--expert: cluster {int(k)} given twice")
+        out[int(k)] = prefix.strip().strip("/") or expert_prefix(model, int(k))
+    return out
 
 
 @train_app.command("router")
 def train_router(
     config: ConfigArg = None,
     publish: Annotated[bool, typer.Option(help="Also assemble the pipeline from the experts")] = True,
+    expert: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--expert",
+            help="Route over this expert only: CLUSTER or CLUSTER=PREFIX (its store prefix); repeat for "
+            "each. Default: every cluster's expert",
+        ),
+    ] = None,
+    prefix: Annotated[
+        str | None, typer.Option(help="Store prefix of the router's checkpoints (default: models/<model>/router)")
+    ] = None,
+    grow_from: Annotated[
+        str | None,
+        typer.Option(
+            help="Prefix of a trained router over some of these experts: grow its head by the new ones and "
+            "fine-tune it (router.grow_steps) instead of training from scratch"
+        ),
+    ] = None,
 ) -> None:
-    """Train the router on every cluster's latents; report held-out accuracy per noise level."""
-    from paris.router.assemble import build_pipeline, publish_pipeline
+    """Train the router over the experts' clusters; report held-out accuracy per noise level.
+    The pipeline is published into a version folder of its own, then made the served one."""
+    from paris.router.assemble import publish_ensemble
     from paris.router.train import train_router as run_router
 
     cfg, store = _load(config)
-    result, _ = run_router(cfg, store)
+    experts = parse_experts(expert, cfg.model)
+    result, _ = run_router(cfg, store, experts, _prefix(prefix), _prefix(grow_from))
     console.print(f"router: step {result.step}, loss {result.loss:.4f}")
     if publish:
-        uri = publish_pipeline(build_pipeline(cfg, store), store, cfg.model)
+        uri = publish_ensemble(cfg, store, experts, _prefix(prefix))
         console.print(f"pipeline: {uri}")
 
 
@@ -213,7 +289,7 @@ def main() -> None:
     except ParisError as err:
         # soft_wrap: one line, whatever the terminal width, so logs and tests see one line.
         console.print(f"[bold red]error:[/] {err}", soft_wrap=True, markup=True, highlight=False)
-        sys.exit(2)
+        sys.exit(err.exit_code)
     except KeyboardInterrupt:
         console.print("interrupted")
         sys.exit(130)

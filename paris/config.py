@@ -104,6 +104,13 @@ class StorageConfig(_Model):
     )
     secure: bool = Field(False, description="Use TLS for the S3 endpoint")
     region: str | None = Field(None, description="S3 region, if the server needs one")
+    retry_deadline: float = Field(
+        900.0,
+        ge=0,
+        le=7 * 86400,
+        description="Seconds an s3 call keeps retrying an unreachable store (exponential backoff, jitter) "
+        "before the command fails naming the endpoint",
+    )
 
     def resolved_endpoint(self) -> str | None:
         return os.environ.get("PARIS_S3_ENDPOINT") or self.endpoint
@@ -165,6 +172,11 @@ class DataConfig(_Model):
     )
     shard_size: int = Field(4096, ge=1, description="Samples per safetensors shard")
     limit: int | None = Field(None, ge=1, description="Use only the first N samples")
+    labels: list[int] | None = Field(
+        None,
+        description="digits: keep only images of these digits (e.g. leave one out, to add it later with "
+        "`paris data add`)",
+    )
     seed: int = 0
     # How preparation scales: parts -> work units (indexes) -> batches on a device.
     part_size: int = Field(
@@ -292,6 +304,12 @@ class TrainConfig(_Model):
 
 class RouterConfig(_Model):
     model: RouterModelConfig = Field(default_factory=RouterModelConfig)
+    grow_steps: int | None = Field(
+        None,
+        ge=1,
+        description="Fine-tuning steps when the router grows by new experts (`paris train router --grow-from`; "
+        "default: a tenth of train.steps)",
+    )
     train: TrainConfig = Field(
         default_factory=lambda: TrainConfig(
             steps=1000, lr=5e-4, caption_dropout=0.0, timestep_sampling="uniform", ema_decay=0.99
@@ -520,6 +538,14 @@ class S3Storage(_Model):
         pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$",
         description="Secret with the access keys; default: the operator's credentialsSecret",
     )
+    retry_deadline_seconds: float = Field(
+        900.0,
+        alias="retryDeadlineSeconds",
+        ge=0,
+        le=7 * 86400,
+        description="How long a trainer waits out an unreachable store (retrying with backoff) before its "
+        "pod fails and the Job retries it",
+    )
     access_key_key: str = Field("AWS_ACCESS_KEY_ID", alias="accessKeyKey", description="Key of the access key id")
     secret_key_key: str = Field("AWS_SECRET_ACCESS_KEY", alias="secretKeyKey", description="Key of the secret key")
 
@@ -590,7 +616,15 @@ class ExpertSelector(_Model):
     match_labels: dict[str, str] | None = Field(None, alias="matchLabels")
     names: list[Annotated[str, Field(min_length=1)]] | None = Field(None, min_length=1)
     count: int | None = Field(
-        None, ge=1, le=1024, description="How many experts must be Succeeded (default: every selected one)"
+        None,
+        ge=1,
+        le=1024,
+        description=(
+            "The least number of Succeeded experts the router accepts (default: every selected one). Once every "
+            "selected expert has Succeeded or Failed and at least this many Succeeded, the router trains over "
+            "those and serves them (phase Degraded while any is missing); a missing one that succeeds later "
+            "joins in a new training"
+        ),
     )
 
     @model_validator(mode="after")

@@ -7,8 +7,16 @@ from pathlib import Path
 
 import torch
 
+from paris.errors import ConfigError
+
 
 def resolve_device(spec: str) -> torch.device:
+    """`auto`: the fastest device here. A device this machine lacks is the user's mistake (a
+    CUDA setting on a CPU node): one error line, and on the cluster a Job that fails at once."""
+    if spec.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"device {spec!r}: this machine has no CUDA device (use auto or cpu, or a GPU node pool)")
+    if spec == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError("device 'mps': this machine has no Apple GPU (use auto or cpu)")
     if spec != "auto":
         return torch.device(spec)
     if torch.cuda.is_available():

@@ -1,10 +1,22 @@
-"""User-facing errors: the CLI prints them as one line and exits non-zero, never a traceback."""
+"""User-facing errors: the CLI prints them as one line and exits non-zero, never a traceback.
+
+The exit code tells a retrying supervisor (a Kubernetes Job's podFailurePolicy) whether a new
+attempt can help: a user's mistake fails the same way every time, an outage may pass."""
 
 from __future__ import annotations
+
+# A mistake of the user (config, data, settings, command line; click's usage errors exit 2
+# too): the same pod would fail the same way again, so the operator's Jobs fail at once on it.
+USER_ERROR_EXIT = 2
+# Something outside the user's control that a later attempt may not meet (the object store
+# stayed unreachable past its deadline): the Job retries, within its backoffLimit.
+TRANSIENT_EXIT = 75  # EX_TEMPFAIL of sysexits.h
 
 
 class ParisError(Exception):
     """A problem with the user's input or environment that the user can fix."""
+
+    exit_code = USER_ERROR_EXIT
 
 
 class ConfigError(ParisError):
@@ -17,6 +29,12 @@ class DataError(ParisError):
 
 class StorageError(ParisError):
     """The object store is unreachable or an object is missing."""
+
+
+class StoreUnavailable(StorageError):
+    """The object store did not answer within its deadline: retrying later may succeed."""
+
+    exit_code = TRANSIENT_EXIT
 
 
 class TrainingError(ParisError):

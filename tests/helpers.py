@@ -120,3 +120,11 @@ class Recording:
         if self.fail is not None:
             raise self.fail
         return self.pipe(prompts, **kw)
+
+
+def served_pipeline(store: Path, model: str) -> Path:
+    """The folder of the pipeline a file:// store serves: the version its pointer names."""
+    import json
+
+    pointer = json.loads((store / f"models/{model}/pipeline.json").read_text())
+    return store / pointer["prefix"]

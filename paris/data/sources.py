@@ -188,9 +188,12 @@ class DigitsSource(Source):
 
     def samples(self, part: Part) -> Iterator[Sample]:
         ds = self._data()
+        keep = set(self.cfg.labels) if self.cfg.labels is not None else None
         for i in range(part.start, part.stop if part.stop is not None else len(ds.target)):
-            pixels = (ds.images[i] * (255.0 / 16.0)).clip(0, 255).astype("uint8")
             label = int(ds.target[i])
+            if keep is not None and label not in keep:
+                continue
+            pixels = (ds.images[i] * (255.0 / 16.0)).clip(0, 255).astype("uint8")
             yield Sample(Image.fromarray(pixels, mode="L"), digit_caption(label), label, f"digits/{i}")
 
 

@@ -33,6 +33,9 @@ from paris.config import (
     SecretKey,
     StorageConfig,
 )
+from paris.errors import USER_ERROR_EXIT
+from paris.fingerprint import Fingerprint, dataset_checksum, expert_fingerprint, router_fingerprint
+from paris.layout import expert_prefix, router_prefix, versioned
 
 MANAGED_BY = "paris-operator"
 SPEC_HASH = f"{API_GROUP}/spec-hash"
@@ -105,6 +108,31 @@ def serve_selector(body: Body) -> dict[str, str]:
     return {"app.kubernetes.io/instance": body["metadata"]["name"], "app.kubernetes.io/component": "serve"}
 
 
+def controller_uid(obj: Mapping[str, Any]) -> str | None:
+    """The uid of the object's controller (its owner reference with controller: true)."""
+    for ref in obj.get("metadata", {}).get("ownerReferences") or []:
+        if ref.get("controller"):
+            return str(ref.get("uid"))
+    return None
+
+
+def owns(body: Body, obj: Mapping[str, Any]) -> bool:
+    """Whether `body` is the controller of `obj`: only then may the operator change or delete
+    it. A namesake someone else made is left alone, whatever its labels say."""
+    return controller_uid(obj) == body["metadata"].get("uid")
+
+
+def not_owned(body: Body, obj: Mapping[str, Any]) -> str:
+    """The one line a resource's status shows for a child's name taken by an object it does not own."""
+    meta = obj["metadata"]
+    owner = next((r for r in meta.get("ownerReferences") or [] if r.get("controller")), None)
+    by = f"{owner.get('kind')} {owner.get('name')}" if owner else "nobody"
+    return (
+        f"{obj.get('kind', 'object')} {meta.get('namespace')}/{meta['name']} exists and is controlled by {by}, "
+        f"not by {body['kind']} {body['metadata']['name']}: left alone; delete or rename it (or this resource)"
+    )
+
+
 def child(
     body: Body,
     api_version: str,
@@ -174,7 +202,11 @@ def secret_name(storage: S3Storage, settings: OperatorSettings) -> str:
 
 def storage_config(storage: S3Storage, settings: OperatorSettings) -> StorageConfig:
     return StorageConfig(
-        uri=storage.uri, endpoint=s3_endpoint(storage, settings), secure=storage.secure, region=storage.region
+        uri=storage.uri,
+        endpoint=s3_endpoint(storage, settings),
+        secure=storage.secure,
+        region=storage.region,
+        retry_deadline=storage.retry_deadline_seconds,
     )
 
 
@@ -240,6 +272,9 @@ def pod_spec(
             "readOnlyRootFilesystem": True,
         },
         "volumeMounts": [{"name": "scratch", "mountPath": SCRATCH}],
+        # A failed container's log tail becomes its termination message: the trainer's one
+        # `error:` line reaches the Job's pod status, and from there the resource's status.
+        "terminationMessagePolicy": "FallbackToLogsOnError",
         **container,
     }
     return {
@@ -272,6 +307,23 @@ def ttl_seconds(opts: BatchJobOptions, settings: OperatorSettings) -> int | None
     return None if ttl is None else max(ttl, math.ceil(3 * settings.poll_seconds))
 
 
+def pod_failure_policy(container: str) -> dict[str, Any]:
+    """What a failed pod means to its Job. A disruption (preemption, eviction, node drain:
+    the pod's DisruptionTarget condition) is not the trainer's fault and costs no retry; the
+    next pod resumes from latest.json. A user's mistake (paris.errors.USER_ERROR_EXIT) fails the
+    same way on every retry, so the Job fails at once. Anything else (a crash, an outage past
+    the store's deadline) is retried within backoffLimit."""
+    return {
+        "rules": [
+            {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]},
+            {
+                "action": "FailJob",
+                "onExitCodes": {"containerName": container, "operator": "In", "values": [USER_ERROR_EXIT]},
+            },
+        ]
+    }
+
+
 def batch_job(
     body: Body,
     opts: BatchJobOptions,
@@ -285,9 +337,11 @@ def batch_job(
 
     With a queue, the Job carries Kueue's queue label and starts suspended: Kueue admits it by
     unsuspending it. The spec hash (default: of `job_spec`) leaves out `suspend` (Kueue flips
-    it) and the TTL (a new cleanup time must not restart a training)."""
+    it), the TTL (a new cleanup time must not restart a training) and the failure policy (nor
+    must an operator upgrade)."""
     annotations = {SPEC_HASH: spec_hash or digest(job_spec), GENERATION: str(generation(body))}
     job_spec = dict(job_spec)
+    job_spec["podFailurePolicy"] = pod_failure_policy(job_spec["template"]["spec"]["containers"][0]["name"])
     job_lbls = dict(lbls)
     ttl = ttl_seconds(opts, settings)
     if ttl is not None:
@@ -311,13 +365,17 @@ def expert_run_config(spec: ParisExpertSpec, settings: OperatorSettings) -> RunC
     )
 
 
-def build_expert_job(body: Body, spec: ParisExpertSpec, settings: OperatorSettings) -> dict[str, Any]:
-    """One batch/v1 Job running `paris train expert --cluster K`; the Job's retries are the
-    fault tolerance (each new pod resumes from latest.json)."""
+def build_expert_job(
+    body: Body, spec: ParisExpertSpec, settings: OperatorSettings, prefix: str | None = None
+) -> dict[str, Any]:
+    """One batch/v1 Job running `paris train expert --cluster K --prefix P` (P: the versioned
+    prefix of the spec's fingerprint, expert_version); the Job's retries are the fault
+    tolerance (each new pod resumes from latest.json there)."""
     lbls = labels(body, "expert", spec.model, cluster=str(spec.cluster))
+    where = ["--prefix", prefix] if prefix else []
     container = {
         "name": "trainer",
-        "command": ["paris", "train", "expert", "--cluster", str(spec.cluster)],
+        "command": ["paris", "train", "expert", "--cluster", str(spec.cluster), *where],
         "env": pod_env(expert_run_config(spec, settings), spec.storage, settings),
     }
     job_spec: dict[str, Any] = {
@@ -347,21 +405,62 @@ def router_run_config(spec: ParisRouterSpec, settings: OperatorSettings) -> RunC
     )
 
 
-def router_training_hash(spec: ParisRouterSpec, settings: OperatorSettings) -> str:
-    """What the router's weights depend on; a change trains (and rolls out) a new router."""
+ExpertSet = Mapping[int, str]  # cluster -> the store prefix its expert trained into
+
+
+def expert_args(experts: ExpertSet) -> list[str]:
+    """`--expert K=PREFIX` for each expert, by cluster: what `paris train router` trains over."""
+    return [a for k in sorted(experts) for a in ("--expert", f"{k}={experts[k]}")]
+
+
+def expert_store_prefix(spec: ParisExpertSpec) -> str:
+    """Where a ParisExpert's checkpoints go without a version (its status publishes the
+    versioned one, expert_version, for the router)."""
+    return expert_prefix(spec.model, spec.cluster)
+
+
+def expert_version(spec: ParisExpertSpec, manifest: Mapping[str, Any]) -> tuple[Fingerprint, str]:
+    """The expert's fingerprint for this dataset, and the prefix it trains into."""
+    checksum = dataset_checksum(manifest, [spec.cluster])
+    fp = expert_fingerprint(spec.expert, spec.train, spec.data.name, checksum, spec.cluster)
+    return fp, versioned(expert_store_prefix(spec), fp.digest)
+
+
+def router_version(spec: ParisRouterSpec, manifest: Mapping[str, Any], experts: ExpertSet) -> tuple[Fingerprint, str]:
+    """The router's fingerprint over these experts, and the prefix it trains into."""
+    fp = router_fingerprint(spec.router, spec.data.name, dataset_checksum(manifest, sorted(experts)), experts)
+    return fp, versioned(router_prefix(spec.model), fp.digest)
+
+
+def router_training_hash(
+    spec: ParisRouterSpec, settings: OperatorSettings, experts: ExpertSet, prefix: str | None = None
+) -> str:
+    """What the router's weights depend on, the experts it routes over (and their versions)
+    included; a change trains (and rolls out) a new router."""
     cfg = router_run_config(spec, settings)
     return digest(
-        {"model": cfg.model, "storage": cfg.storage.uri, "data": _dump(cfg.data), "router": _dump(cfg.router)}
+        {
+            "model": cfg.model,
+            "storage": cfg.storage.uri,
+            "data": _dump(cfg.data),
+            "router": _dump(cfg.router),
+            "experts": {str(k): v for k, v in sorted(experts.items())},
+            **({"prefix": prefix} if prefix else {}),
+        }
     )
 
 
-def build_router_job(body: Body, spec: ParisRouterSpec, settings: OperatorSettings) -> dict[str, Any]:
-    """`paris train router`: trains the router, then assembles and publishes the pipeline."""
-    h = router_training_hash(spec, settings)
+def build_router_job(
+    body: Body, spec: ParisRouterSpec, settings: OperatorSettings, experts: ExpertSet, prefix: str | None = None
+) -> dict[str, Any]:
+    """`paris train router` over exactly `experts` into `prefix` (router_version): trains the
+    router, then assembles and publishes the pipeline of those experts."""
+    h = router_training_hash(spec, settings, experts, prefix)
     lbls = labels(body, "router-train", spec.model)
+    where = ["--prefix", prefix] if prefix else []
     container = {
         "name": "trainer",
-        "command": ["paris", "train", "router"],
+        "command": ["paris", "train", "router", *expert_args(experts), *where],
         "env": pod_env(router_run_config(spec, settings), spec.storage, settings),
     }
     job_spec = {
@@ -371,11 +470,15 @@ def build_router_job(body: Body, spec: ParisRouterSpec, settings: OperatorSettin
     return batch_job(body, spec, settings, router_job_name(body["metadata"]["name"], h), lbls, job_spec, h)
 
 
+SERVED_EXPERTS = f"{API_GROUP}/experts"  # the ParisExperts a served pipeline holds, comma-separated
+
+
 def build_serve_deployment(
-    body: Body, spec: ParisRouterSpec, settings: OperatorSettings, pipeline: str
+    body: Body, spec: ParisRouterSpec, settings: OperatorSettings, pipeline: str, experts: list[str] | None = None
 ) -> dict[str, Any]:
     """`paris serve` behind a readiness probe on /readyz (true once the weights loaded).
-    `pipeline` names the training that produced the weights: a new one rolls the pods."""
+    `pipeline` names the training that produced the weights: a new one rolls the pods.
+    `experts` (names) are recorded on the Deployment: what it serves, for the router's status."""
     inf = spec.inference
     lbls = labels(body, "serve", spec.model)
     # Serving only reads the store: a read-only credential when one is named.
@@ -406,6 +509,8 @@ def build_serve_deployment(
         "template": template,
     }
     annotations = {SPEC_HASH: digest(deploy_spec), GENERATION: str(generation(body))}
+    if experts is not None:
+        annotations[SERVED_EXPERTS] = ",".join(sorted(experts))
     return child(body, "apps/v1", "Deployment", serve_name(body["metadata"]["name"]), lbls, deploy_spec, annotations)
 
 

@@ -83,12 +83,16 @@ def replace(obj: dict[str, Any], resource_version: str) -> dict[str, Any]:
     return to_dict(getattr(a, f"replace_namespaced_{noun}")(name, ns, body))
 
 
-def delete(kind: str, namespace: str, name: str) -> None:
+def delete(kind: str, namespace: str, name: str, uid: str) -> None:
+    """Delete in the foreground: the object stays (with a deletionTimestamp) until its pods
+    are gone, so `get` tells when a successor may start. The uid precondition makes sure
+    that what goes is the object we looked at, never a namesake created meanwhile."""
     a, noun = _kind_api(kind)
+    options = client.V1DeleteOptions(propagation_policy="Foreground", preconditions=client.V1Preconditions(uid=uid))
     try:
-        getattr(a, f"delete_namespaced_{noun}")(name, namespace, propagation_policy="Background")
+        getattr(a, f"delete_namespaced_{noun}")(name, namespace, body=options)
     except ApiException as err:
-        if err.status != 404:
+        if err.status not in (404, 409):  # gone already, or a namesake (uid mismatch): not ours
             raise
 
 

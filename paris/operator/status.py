@@ -18,10 +18,11 @@ from typing import Any
 
 from paris.config import KUEUE_QUEUE_LABEL
 
-from .builders import SPEC_HASH
+from .builders import SERVED_EXPERTS, SPEC_HASH
+from .ensemble import Ensemble
 
 PENDING, QUEUED, TRAINING, SUCCEEDED, FAILED = "Pending", "Queued", "Training", "Succeeded", "Failed"
-DEPLOYING, READY = "Deploying", "Ready"
+DEPLOYING, READY, DEGRADED = "Deploying", "Ready", "Degraded"
 
 
 def now() -> str:
@@ -81,6 +82,14 @@ class ExpertFacts:
     # The status's record of this spec's Job once it finished (see finished_record): all that
     # is left of the Job after the TTL controller deleted it.
     finished: Mapping[str, Any] | None = None
+    duplicate: str | None = None  # another ParisExpert claims the same store prefix (claims.py)
+    refused: bool = False  # ... and keeps it: this one gets no Job
+    conflict: str | None = None  # an object with a child's name that this resource does not own
+    replacing: str | None = None  # a replaced Job (or its pods) still going away
+    malformed: Sequence[str] = ()  # progress.json / latest.json ignored, and why
+    pod_message: str | None = None  # what the failed trainer said (its termination message)
+    prefix: str | None = None  # the store prefix it trains into (its fingerprint's version)
+    fingerprint: Mapping[str, Any] | None = None  # paris.fingerprint record of that version
 
 
 @dataclass
@@ -135,10 +144,11 @@ def admission(job: Mapping[str, Any] | None, t: str) -> dict[str, Any] | None:
     return condition("Admitted", True, "Admitted", f"admitted by Kueue from queue {queue}", since or t)
 
 
-def finished_record(job: Mapping[str, Any] | None) -> dict[str, Any] | None:
+def finished_record(job: Mapping[str, Any] | None, pod_message: str | None = None) -> dict[str, Any] | None:
     """What the status keeps of a finished Job, so the outcome outlives the Job (TTL cleanup):
-    its name, the spec hash it ran, and its phase, reason, message and end time."""
-    phase, reason, message = job_outcome(job)
+    its name, the spec hash it ran, and its phase, reason, message (with what the failed
+    trainer said) and end time."""
+    phase, reason, message = _outcome(job, None, pod_message)
     if job is None or phase not in (SUCCEEDED, FAILED):
         return None
     end = _job_condition(job, "Complete" if phase == SUCCEEDED else "Failed") or {}
@@ -179,14 +189,44 @@ def trained_record(name: str, spec_hash: str, progress: Mapping[str, Any] | None
     }
 
 
-def _outcome(job: Mapping[str, Any] | None, finished: Mapping[str, Any] | None) -> tuple[str, str, str]:
+def _outcome(
+    job: Mapping[str, Any] | None, finished: Mapping[str, Any] | None, pod_message: str | None = None
+) -> tuple[str, str, str]:
     if job is None and finished is not None:
         return finished["phase"], finished["reason"], finished["message"]
-    return job_outcome(job)
+    phase, reason, message = job_outcome(job)
+    if phase == FAILED and pod_message and pod_message not in message:
+        message = f"{message}: {pod_message}"
+    return phase, reason, message
 
 
-def _record(job: Mapping[str, Any] | None, finished: Mapping[str, Any] | None) -> dict[str, Any] | None:
-    return finished_record(job) if job is not None else (dict(finished) if finished is not None else None)
+def last_words(message: str | None) -> str | None:
+    """The line of a trainer's termination message (its log tail, FallbackToLogsOnError) that
+    says why it stopped: its `error:` line (paris.cli prints one for every user mistake), else
+    the last line."""
+    lines = [ln.strip() for ln in (message or "").splitlines() if ln.strip()]
+    if not lines:
+        return None
+    said = next((ln for ln in reversed(lines) if ln.startswith("error:")), lines[-1])
+    return said[:500]
+
+
+def flag(
+    old: Sequence[Mapping[str, Any]] | None, type_: str, problem: str | None, reason: str, t: str
+) -> dict[str, Any] | None:
+    """A condition that only matters while something is wrong: True with the problem, False
+    once it is gone (so a stale True never lingers), absent when it never happened."""
+    if problem is not None:
+        return condition(type_, True, reason, problem, t)
+    if any(c.get("type") == type_ for c in old or []):
+        return condition(type_, False, "Resolved", "", t)
+    return None
+
+
+def _record(
+    job: Mapping[str, Any] | None, finished: Mapping[str, Any] | None, pod_message: str | None = None
+) -> dict[str, Any] | None:
+    return finished_record(job, pod_message) if job is not None else (dict(finished) if finished is not None else None)
 
 
 def expert_status(old: Mapping[str, Any] | None, f: ExpertFacts) -> Computed:
@@ -195,12 +235,18 @@ def expert_status(old: Mapping[str, Any] | None, f: ExpertFacts) -> Computed:
     t = now()
     if f.invalid_spec is not None:
         phase, reason, message = FAILED, "InvalidSpec", f.invalid_spec
+    elif f.refused and f.duplicate is not None:
+        phase, reason, message = FAILED, "DuplicateExpert", f.duplicate
+    elif f.conflict is not None:
+        phase, reason, message = PENDING, "ChildConflict", f.conflict
+    elif f.replacing is not None:
+        phase, reason, message = PENDING, "ReplacingJob", f.replacing
     elif f.job is None and f.secret_problem is not None:
         phase, reason, message = PENDING, "SecretNotReady", f.secret_problem
     elif f.job is None and f.finished is None and f.dataset_problem is not None:
         phase, (reason, message) = PENDING, f.dataset_problem
     else:
-        phase, reason, message = _outcome(f.job, f.finished)
+        phase, reason, message = _outcome(f.job, f.finished, f.pod_message)
         if phase == PENDING and f.secret_problem is not None:
             reason, message = "SecretNotReady", f.secret_problem
         elif phase == PENDING and f.pod_problem is not None:
@@ -220,7 +266,11 @@ def expert_status(old: Mapping[str, Any] | None, f: ExpertFacts) -> Computed:
         "totalSteps": total,
         "progress": f"{step}/{total}",
     }
-    record = _record(f.job, f.finished)
+    if f.prefix:
+        status["prefix"] = f.prefix
+    if f.fingerprint:
+        status["fingerprint"] = dict(f.fingerprint)
+    record = _record(f.job, f.finished, f.pod_message)
     status["jobName"] = (f.job or {}).get("metadata", {}).get("name") or (record or {}).get("name")
     status["finishedJob"] = record  # None removes a stale record (a merge patch deletes null keys)
     for key, src in (("loss", "loss"), ("samplesPerSecond", "samples_per_s"), ("device", "device")):
@@ -283,7 +333,15 @@ def expert_status(old: Mapping[str, Any] | None, f: ExpertFacts) -> Computed:
         conds.append(condition("StorageReachable", False, "StorageUnreachable", f.storage_problem, t))
     elif f.secret_problem is None and f.invalid_spec is None:
         conds.append(condition("StorageReachable", True, "ProgressRead", "", t))
-    status["conditions"] = merge_conditions(old.get("conditions"), conds)
+    before = old.get("conditions")
+    for extra in (
+        flag(before, "Duplicate", f.duplicate, "DuplicateExpert", t),
+        flag(before, "ChildConflict", f.conflict, "NotOwned", t),
+        flag(before, "ProgressMalformed", "; ".join(f.malformed) or None, "MalformedProgress", t),
+    ):
+        if extra is not None:
+            conds.append(extra)
+    status["conditions"] = merge_conditions(before, conds)
     return Computed(status, _transition(old, phase, reason, message))
 
 
@@ -291,26 +349,31 @@ def _transition(old: Mapping[str, Any], phase: str, reason: str, message: str) -
     before = old.get("phase")
     if before == phase and old.get("reason") == reason:
         return None
-    warning = phase == FAILED or reason.endswith(("NotReady", "NotFound"))
+    warning = phase == FAILED or reason.endswith(("NotReady", "NotFound")) or reason in WARNING_REASONS
     return Transition(before, phase, reason, message, warning=warning)
+
+
+# Reasons a user must act on, whatever the phase: posted as Warning events.
+WARNING_REASONS = frozenset({"ChildConflict", "DuplicateExpert", "InvalidSelection", "NotEnoughExperts", "Degraded"})
 
 
 @dataclass
 class RouterFacts:
     generation: int
-    experts: Sequence[Mapping[str, Any]]  # the selected ParisExperts
-    needed: int  # how many must be Succeeded
+    ensemble: Ensemble  # the selected experts, sorted into succeeded / failed / waiting
     secret_problem: str | None = None
-    job: Mapping[str, Any] | None = None  # the current training Job
+    job: Mapping[str, Any] | None = None  # the training Job of the experts it trains over now
     deployment: Mapping[str, Any] | None = None
     endpoint: str | None = None
     invalid_spec: str | None = None
     replicas: int = 1
     finished: Mapping[str, Any] | None = None  # the record of the training Job, once gone
-
-
-def experts_ready(experts: Sequence[Mapping[str, Any]]) -> list[str]:
-    return sorted(e["metadata"]["name"] for e in experts if (e.get("status") or {}).get("phase") == SUCCEEDED)
+    conflict: str | None = None  # a child's name taken by an object this router does not own
+    replacing: str | None = None  # an older router training still going away
+    pod_message: str | None = None  # what the failed router trainer said
+    prefix: str | None = None  # the store prefix the router trains into (its fingerprint's version)
+    fingerprint: Mapping[str, Any] | None = None
+    storage_problem: str | None = None  # the dataset's manifest could not be read
 
 
 def deployment_available(dep: Mapping[str, Any] | None, replicas: int) -> bool:
@@ -325,24 +388,49 @@ def deployment_available(dep: Mapping[str, Any] | None, replicas: int) -> bool:
     return updated >= replicas and ready >= replicas and total == updated
 
 
+def served_experts(dep: Mapping[str, Any] | None) -> list[str] | None:
+    """The ParisExperts in the pipeline a Deployment serves (builders.SERVED_EXPERTS)."""
+    raw = ((dep or {}).get("metadata", {}).get("annotations") or {}).get(SERVED_EXPERTS)
+    return None if raw is None else [n for n in raw.split(",") if n]
+
+
 def router_status(old: Mapping[str, Any] | None, f: RouterFacts) -> Computed:
     old = old or {}
     t = now()
-    ready = experts_ready(f.experts)
-    failed = sorted(e["metadata"]["name"] for e in f.experts if (e.get("status") or {}).get("phase") == FAILED)
-    enough = len(f.experts) > 0 and len(ready) >= f.needed
-    train_phase, train_reason, train_msg = _outcome(f.job, f.finished)
+    ens = f.ensemble
+    ready = sorted(ens.succeeded)
+    use = ens.use()
+    train_phase, train_reason, train_msg = _outcome(f.job, f.finished, f.pod_message)
+    if use is None and f.job is None and f.finished is None:
+        train_phase, train_reason, train_msg = PENDING, "WaitingForExperts", "no router training for these experts yet"
     available = deployment_available(f.deployment, f.replicas)
+    served = served_experts(f.deployment) if f.deployment is not None else None
+    missing = ens.missing(served if served is not None and available else ens.names_of(use or {}))
+    selection = f"{len(ready)}/{len(ens.selected)} experts succeeded (at least {ens.minimum} needed)"
+    if ens.failed:
+        selection += f"; failed: {', '.join(sorted(ens.failed))}"
 
     if f.invalid_spec is not None:
         phase, reason, message = FAILED, "InvalidSpec", f.invalid_spec
-    elif not enough:
-        phase, reason = PENDING, "WaitingForExperts"
-        message = f"{len(ready)}/{f.needed} experts succeeded"
-        if not f.experts:
-            message = "no ParisExpert matches spec.experts"
-        if failed:
-            message += f"; failed: {', '.join(failed)}"
+    elif ens.problem is not None:
+        phase, reason, message = FAILED, "InvalidSelection", ens.problem
+    elif f.conflict is not None:
+        phase, reason, message = (DEPLOYING if train_phase == SUCCEEDED else PENDING), "ChildConflict", f.conflict
+    elif use is None and available:
+        # Waiting for experts while an earlier pipeline serves: keep serving it.
+        phase, reason = (DEGRADED, "Degraded") if missing else (READY, "Available")
+        message = f"serving at {f.endpoint}" + (f"; missing: {', '.join(missing)}" if missing else "")
+    elif use is None:
+        if not ens.selected:
+            phase, reason, message = PENDING, "WaitingForExperts", "no ParisExpert matches spec.experts"
+        elif ens.settled:
+            phase, reason, message = FAILED, "NotEnoughExperts", selection
+        else:
+            phase, reason, message = PENDING, "WaitingForExperts", selection
+    elif f.replacing is not None:
+        phase, reason, message = TRAINING, "ReplacingJob", f.replacing
+    elif f.job is None and f.finished is None and f.storage_problem is not None:
+        phase, reason, message = PENDING, "StorageUnreachable", f.storage_problem
     elif f.job is None and f.secret_problem is not None:
         phase, reason, message = PENDING, "SecretNotReady", f.secret_problem
     elif train_phase != SUCCEEDED:
@@ -351,6 +439,9 @@ def router_status(old: Mapping[str, Any] | None, f: RouterFacts) -> Computed:
         message = train_msg
     elif not available:
         phase, reason, message = DEPLOYING, "RollingOut", "waiting for the inference Deployment to become available"
+    elif missing:
+        phase, reason = DEGRADED, "Degraded"
+        message = f"serving {len(use)}/{len(ens.selected)} experts at {f.endpoint}; missing: {', '.join(missing)}"
     else:
         phase, reason, message = READY, "Available", f"serving at {f.endpoint}"
 
@@ -360,11 +451,17 @@ def router_status(old: Mapping[str, Any] | None, f: RouterFacts) -> Computed:
         "reason": reason,
         "message": message,
         "observedGeneration": f.generation,
-        "expertsReady": f"{len(ready)}/{max(f.needed, len(f.experts))}",
+        "expertsReady": f"{len(ready)}/{max(ens.minimum, len(ens.selected))}",
         "readyExperts": ready,
+        "missingExperts": missing,
+        "servedExperts": served if served is not None else [],
         "readyReplicas": dst.get("readyReplicas") or 0,
     }
-    record = _record(f.job, f.finished)
+    if f.prefix:
+        status["prefix"] = f.prefix
+    if f.fingerprint:
+        status["fingerprint"] = dict(f.fingerprint)
+    record = _record(f.job, f.finished, f.pod_message)
     status["trainJob"] = (f.job or {}).get("metadata", {}).get("name") or (record or {}).get("name")
     status["finishedJob"] = record
     if f.endpoint:
@@ -372,16 +469,11 @@ def router_status(old: Mapping[str, Any] | None, f: RouterFacts) -> Computed:
     start = old.get("startTime") or ((f.job or {}).get("status") or {}).get("startTime")
     if start:
         status["startTime"] = start
-    if phase == READY:
+    if phase in (READY, DEGRADED):
         status["completionTime"] = old.get("completionTime") or t
+    enough = use is not None
     conds = [
-        condition(
-            "ExpertsReady",
-            enough,
-            "ExpertsSucceeded" if enough else "WaitingForExperts",
-            status["expertsReady"] + " experts succeeded",
-            t,
-        ),
+        condition("ExpertsReady", enough, "ExpertsSucceeded" if enough else "WaitingForExperts", selection, t),
         condition("RouterTrained", train_phase == SUCCEEDED, train_reason, train_msg, t),
         condition(
             "Available",
@@ -390,12 +482,26 @@ def router_status(old: Mapping[str, Any] | None, f: RouterFacts) -> Computed:
             f.endpoint or "" if available else "",
             t,
         ),
+        condition(
+            "Degraded",
+            phase == DEGRADED,
+            "ExpertsMissing" if phase == DEGRADED else "AllExpertsServed",
+            f"missing: {', '.join(missing)}" if phase == DEGRADED else "",
+            t,
+        ),
     ]
     if (admitted := admission(f.job, t)) is not None:
         conds.append(admitted)
     if f.secret_problem is not None:
         conds.append(condition("SecretReady", False, "SecretNotReady", f.secret_problem, t))
-    status["conditions"] = merge_conditions(old.get("conditions"), conds)
+    before = old.get("conditions")
+    for extra in (
+        flag(before, "ChildConflict", f.conflict, "NotOwned", t),
+        flag(before, "InvalidSelection", ens.problem, "InvalidSelection", t),
+    ):
+        if extra is not None:
+            conds.append(extra)
+    status["conditions"] = merge_conditions(before, conds)
     return Computed(status, _transition(old, phase, reason, message))
 
 

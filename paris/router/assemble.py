@@ -1,36 +1,61 @@
-"""Experts' and router's last checkpoints -> one ParisPipeline in the store, and back."""
+"""Experts' and router's last checkpoints -> one ParisPipeline in the store, and back.
+
+Publishing is atomic: each pipeline goes into a folder of its own, models/<m>/pipelines/<version>/,
+and only then does the pointer models/<m>/pipeline.json (with every file's checksum and the
+pipeline's fingerprint) move to it. A loader reads the pointer, so a publish that crashes
+midway leaves the previous pipeline served, and a serve pod that restarts meanwhile never
+loads a mix of two."""
 
 from __future__ import annotations
 
 import tempfile
+import time
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 from diffusers import FlowMatchEulerDiscreteScheduler, PixArtTransformer2DModel
 
 from paris.config import ExpertModelConfig, RouterModelConfig, RunConfig
 from paris.data.encoders import minilm_path
 from paris.data.shards import load_manifest
-from paris.errors import ParisError
-from paris.layout import expert_prefix, pipeline_prefix, router_prefix
+from paris.errors import ParisError, StorageError
+from paris.fingerprint import Fingerprint
+from paris.layout import expert_prefix, pipeline_pointer, pipeline_prefix, pipeline_versions, router_prefix
+from paris.progress import console
 from paris.storage import Store
-from paris.trainer.checkpoint import fetch_weights
+from paris.trainer.checkpoint import fetch_weights, file_sums
 
 from .model import ParisRouter
 from .pipeline import ParisPipeline
 
+KEEP_PIPELINES = 2  # versions kept: the one served, and the one before it (pods may still load it)
 
-def build_pipeline(cfg: RunConfig, store: Store) -> ParisPipeline:
-    """Gather the EMA weights of every expert and of the router into a pipeline."""
+
+def build_pipeline(
+    cfg: RunConfig, store: Store, experts_at: Mapping[int, str] | None = None, router_at: str | None = None
+) -> ParisPipeline:
+    """Gather the EMA weights of the experts (cluster -> store prefix; default: every cluster's
+    expert at its usual prefix) and of the router (default: its usual prefix) into a pipeline.
+    Component `expert_i` is the expert of the router's class i, i.e. of the i-th of those
+    clusters in order."""
     manifest = load_manifest(store, cfg.data.name)
-    k = manifest["num_clusters"]
+    at = dict(experts_at) if experts_at else {i: expert_prefix(cfg.model, i) for i in range(manifest["num_clusters"])}
     with tempfile.TemporaryDirectory() as tmp:
         experts = {
             f"expert_{i}": PixArtTransformer2DModel.from_pretrained(
-                fetch_weights(store, expert_prefix(cfg.model, i), Path(tmp) / f"e{i}")
+                fetch_weights(store, at[k], Path(tmp) / f"e{k}")
             )
-            for i in range(k)
+            for i, k in enumerate(sorted(at))
         }
-        router = ParisRouter.from_pretrained(fetch_weights(store, router_prefix(cfg.model), Path(tmp) / "r"))
+        router_at = router_at or router_prefix(cfg.model)
+        router = ParisRouter.from_pretrained(fetch_weights(store, router_at, Path(tmp) / "r"))
+    routed = router.config.clusters or list(range(router.config.num_clusters))
+    if routed != sorted(at):
+        raise ParisError(
+            f"the router at {store.uri(router_at)} routes over clusters {routed}, not the experts' "
+            f"{sorted(at)}: train the router over these experts first"
+        )
     text_encoder = tokenizer = vae = None
     if manifest["text"]["kind"] == "minilm":
         from transformers import AutoModel, AutoTokenizer
@@ -58,24 +83,79 @@ def build_pipeline(cfg: RunConfig, store: Store) -> ParisPipeline:
     )
 
 
-def publish_pipeline(pipe: ParisPipeline, store: Store, model: str) -> str:
-    """save_pretrained into the store; model_index.json goes last so loaders never see half."""
-    prefix = pipeline_prefix(model)
+def publish_pipeline(
+    pipe: ParisPipeline, store: Store, model: str, fingerprint: Fingerprint | None = None, **about: Any
+) -> str:
+    """Save the pipeline into a new version folder, then move the pointer to it (last, on
+    purpose); older versions beyond KEEP_PIPELINES go after that. `about` (e.g. the experts'
+    prefixes) is recorded in the pointer."""
+    version = time.strftime("%Y%m%d-%H%M%S", time.gmtime()) + (f"-{fingerprint.digest[:8]}" if fingerprint else "")
+    prefix = f"{pipeline_versions(model)}/{version}"
     with tempfile.TemporaryDirectory() as tmp:
         pipe.save_pretrained(tmp)
-        index = Path(tmp) / "model_index.json"
-        body = index.read_bytes()
-        index.unlink()
+        files = file_sums(Path(tmp))
         store.upload_dir(Path(tmp), prefix)
-        store.put_bytes(f"{prefix}/model_index.json", body)
+    pointer = {
+        "prefix": prefix,
+        "version": version,
+        "files": files,
+        "fingerprint": fingerprint.record() if fingerprint else None,
+        "published": time.time(),
+        **about,
+    }
+    store.put_json(pipeline_pointer(model), pointer)
+    _prune_versions(store, model, keep=KEEP_PIPELINES, current=version)
     return store.uri(prefix)
 
 
+def _prune_versions(store: Store, model: str, keep: int, current: str) -> None:
+    base = f"{pipeline_versions(model)}/"
+    versions = sorted({k[len(base) :].split("/", 1)[0] for k in store.keys(base)})
+    for v in [v for v in versions if v < current][: max(0, len(versions) - keep)]:
+        store.delete_prefix(f"{base}{v}")
+
+
+def publish_ensemble(
+    cfg: RunConfig, store: Store, experts_at: Mapping[int, str] | None = None, router_at: str | None = None
+) -> str:
+    """Assemble the pipeline of these experts and this router and publish it, fingerprinted
+    with the router's and each expert's fingerprint (from their checkpoints)."""
+    from paris.fingerprint import pipeline_fingerprint
+    from paris.router.train import router_fingerprint_of
+    from paris.trainer.checkpoint import checkpoint_fingerprint
+
+    manifest = load_manifest(store, cfg.data.name)
+    at = dict(experts_at) if experts_at else {i: expert_prefix(cfg.model, i) for i in range(manifest["num_clusters"])}
+    router_at = router_at or router_prefix(cfg.model)
+    pipe = build_pipeline(cfg, store, at, router_at)
+    router_fp = checkpoint_fingerprint(store, router_at) or router_fingerprint_of(cfg, manifest, at).record()
+    fp = pipeline_fingerprint(router_fp, {k: checkpoint_fingerprint(store, p) for k, p in at.items()})
+    experts = {str(k): p for k, p in sorted(at.items())}
+    return publish_pipeline(pipe, store, cfg.model, fp, experts=experts, router=router_at)
+
+
+def published(store: Store, model: str) -> dict[str, Any] | None:
+    """The pointer to the served pipeline version (None: none published with versions)."""
+    key = pipeline_pointer(model)
+    return dict(store.get_json(key)) if store.exists(key) else None
+
+
 def load_pipeline(store: Store, model: str, local: Path) -> ParisPipeline:
-    prefix = pipeline_prefix(model)
-    if not store.exists(f"{prefix}/model_index.json"):
-        raise ParisError(f"no pipeline at {store.uri(prefix)}: run `paris train router` (or `paris run`) first")
-    store.download_dir(prefix, local)
+    """The pipeline the pointer names, its files verified (a pipeline published in place,
+    before versions, when there is no pointer)."""
+    pointer = published(store, model)
+    if pointer is None:
+        prefix = pipeline_prefix(model)
+        if not store.exists(f"{prefix}/model_index.json"):
+            raise ParisError(f"no pipeline at {store.uri(prefix)}: run `paris train router` (or `paris run`) first")
+        store.download_dir(prefix, local)
+        return ParisPipeline.from_pretrained(local)
+    store.download_dir(pointer["prefix"], local)
+    have = file_sums(local)
+    bad = sorted(rel for rel, want in (pointer.get("files") or {}).items() if have.get(rel) != want)
+    if bad:
+        raise StorageError(f"the pipeline at {store.uri(pointer['prefix'])} does not match its checksums: {bad[0]}")
+    console.print(f"pipeline {pointer['version']} from {store.uri(pointer['prefix'])}")
     return ParisPipeline.from_pretrained(local)
 
 

@@ -35,6 +35,7 @@ class ParisRouter(ModelMixin, ConfigMixin):
         depth: int = 4,
         heads: int = 4,
         caption_channels: int | None = None,
+        clusters: list[int] | None = None,  # the data cluster of each class; None: class k is cluster k
     ) -> None:
         super().__init__()
         self.patch = PatchEmbed(sample_size, sample_size, patch_size, in_channels, hidden_size, interpolation_scale=1)
@@ -87,7 +88,13 @@ class ParisRouter(ModelMixin, ConfigMixin):
         return self.head(h[:, 0])
 
 
-def build_router(cfg: RouterModelConfig, num_clusters: int, latent: dict[str, int], text_dim: int) -> ParisRouter:
+def build_router(
+    cfg: RouterModelConfig,
+    num_clusters: int,
+    latent: dict[str, int],
+    text_dim: int,
+    clusters: list[int] | None = None,
+) -> ParisRouter:
     hidden, depth, heads = cfg.arch()
     if latent["size"] % cfg.patch_size:
         raise ConfigError(
@@ -102,6 +109,7 @@ def build_router(cfg: RouterModelConfig, num_clusters: int, latent: dict[str, in
         depth=depth,
         heads=heads,
         caption_channels=text_dim if cfg.condition_on_text else None,
+        clusters=clusters,
     )
     init_dit(model, model.blocks, model.adaln_single, None)
     nn.init.normal_(model.cls, std=0.02)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import itertools
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, cast
 
@@ -18,11 +19,13 @@ import torch.nn.functional as F
 from paris.config import RunConfig, TrainConfig
 from paris.data.shards import ShardSet, load_manifest, load_null_text, load_split, split_shards
 from paris.data.stream import Batches, ShardStream
+from paris.errors import ConfigError
+from paris.fingerprint import Fingerprint, check_resume, dataset_checksum, router_fingerprint
 from paris.layout import dataset_prefix, router_prefix
 from paris.plots import accuracy_plot_png, save_loss_plot
 from paris.progress import console
 from paris.storage import Store
-from paris.trainer.checkpoint import fetch_weights
+from paris.trainer.checkpoint import checkpoint_fingerprint, fetch_weights
 from paris.trainer.flow import interpolate, model_timestep, sample_t
 from paris.trainer.loop import LossFn, TrainResult, attention_backend, resolve_device, train
 from paris.trainer.model import count_params
@@ -55,10 +58,22 @@ def _inputs(
     return model(x_t.to(device), model_timestep(t).to(device), text, mask)
 
 
-def router_loss(stream: Batches, null_text: tuple[torch.Tensor, torch.Tensor], cfg: TrainConfig) -> LossFn:
-    """Cross-entropy against the cluster of x_0. A caption-aware router sees the empty caption
-    in `caption_dropout` of the rows, so it also estimates p(k | x_t, t) for the unconditional
-    CFG branch (paris.router.pipeline, guidance_routing="separate")."""
+def class_of(clusters: list[int]) -> torch.Tensor:
+    """Data cluster id -> router class (its position among the experts routed over)."""
+    lookup = torch.full((max(clusters) + 1,), -1, dtype=torch.long)
+    lookup[torch.tensor(clusters)] = torch.arange(len(clusters))
+    return lookup
+
+
+def router_loss(
+    stream: Batches,
+    null_text: tuple[torch.Tensor, torch.Tensor],
+    cfg: TrainConfig,
+    label_of: torch.Tensor | None = None,
+) -> LossFn:
+    """Cross-entropy against the cluster of x_0 (as a class: `label_of`). A caption-aware
+    router sees the empty caption in `caption_dropout` of the rows, so it also estimates
+    p(k | x_t, t) for the unconditional CFG branch (paris.router.pipeline, guidance_routing="separate")."""
     b = cfg.batch_size
 
     def loss_fn(model: torch.nn.Module, g: torch.Generator, device: torch.device) -> torch.Tensor:
@@ -69,16 +84,23 @@ def router_loss(stream: Batches, null_text: tuple[torch.Tensor, torch.Tensor], c
         if cfg.caption_dropout > 0:
             drop = ((torch.rand(b, generator=g) < cfg.caption_dropout), *null_text)
         logits = _inputs(cast(ParisRouter, model), data, idx, t, eps, device, drop)
-        return F.cross_entropy(logits.float(), data.clusters[idx].to(device))
+        want = data.clusters[idx] if label_of is None else label_of[data.clusters[idx]]
+        return F.cross_entropy(logits.float(), want.to(device))
 
     return loss_fn
 
 
 @torch.no_grad()
 def accuracy_by_noise(
-    model: ParisRouter, data: ShardSet, device: torch.device, seed: int = 0, repeats: int = 4
+    model: ParisRouter,
+    data: ShardSet,
+    device: torch.device,
+    seed: int = 0,
+    repeats: int = 4,
+    label_of: torch.Tensor | None = None,
 ) -> list[dict[str, float]]:
-    """Held-out top-1 accuracy of the router in each noise bin [t_i, t_i+1)."""
+    """Held-out top-1 accuracy of the router in each noise bin [t_i, t_i+1); `label_of` maps
+    cluster ids to classes (default: class k is cluster k)."""
     model.eval().to(device)
     g = torch.Generator().manual_seed(seed)
     rows = []
@@ -91,19 +113,96 @@ def accuracy_by_noise(
                     t = lo + (hi - lo) * torch.rand(len(idx), generator=g)
                     eps = torch.randn(data.latents[idx].shape, generator=g)
                     pred = _inputs(model, data, idx, t, eps, device).argmax(-1).cpu()
-                    correct += int((pred == data.clusters[idx]).sum())
+                    want = data.clusters[idx] if label_of is None else label_of[data.clusters[idx]]
+                    correct += int((pred == want).sum())
                     total += len(idx)
             rows.append({"t_lo": round(float(lo), 2), "t_hi": round(float(hi), 2), "accuracy": correct / total})
     return rows
 
 
-def train_router(cfg: RunConfig, store: Store) -> tuple[TrainResult, list[dict[str, float]]]:
-    manifest = load_manifest(store, cfg.data.name)
+def _rows(data: ShardSet, keep: torch.Tensor) -> ShardSet:
+    """The samples of `data` where `keep` is true (the held-out samples of the routed clusters)."""
+    rows = keep.nonzero().flatten().tolist()
+    return ShardSet(
+        data.latents[keep], data.text_states[keep], data.text_mask[keep], data.labels[keep], data.clusters[keep],
+        [data.captions[i] for i in rows],
+    )
+
+
+def routed_clusters(manifest: dict[str, Any], experts: Mapping[int, str] | None) -> list[int]:
+    """The clusters a router routes over: its experts' (default: every cluster of the dataset)."""
     k = manifest["num_clusters"]
+    if experts is None:
+        return list(range(k))
+    unknown = sorted(c for c in experts if not 0 <= c < k)
+    if unknown or not experts:
+        raise ConfigError(f"--expert: the dataset has clusters 0..{k - 1}, not {unknown or 'none'}")
+    return sorted(experts)
+
+
+def router_fingerprint_of(
+    cfg: RunConfig, manifest: dict[str, Any], experts: Mapping[int, str] | None, grown_from: str | None = None
+) -> Fingerprint:
+    clusters = routed_clusters(manifest, experts)
+    checksum = dataset_checksum(manifest, clusters)
+    fp = router_fingerprint(cfg.router, cfg.data.name, checksum, dict.fromkeys(clusters, ""))
+    if grown_from is None:
+        return fp
+    return Fingerprint({**fp.fields, "router.grown_from": grown_from})
+
+
+def grow(old: ParisRouter, new: ParisRouter) -> ParisRouter:
+    """`new` (more classes) with every weight of `old`: the trunk as it is, and the head's rows
+    of the old classes moved to their new positions. A new class starts at the mean of the
+    old ones (no preference), so fine-tuning only has to teach it."""
+    before = old.config.clusters or list(range(old.config.num_clusters))
+    after = new.config.clusters or list(range(new.config.num_clusters))
+    if not set(before) <= set(after):
+        raise ConfigError(f"--grow-from: that router routes over clusters {before}, not a subset of {after}")
+    state = old.state_dict()
+    head = f"head.{len(old.head) - 1}"  # the Linear to one logit per class
+    w_old, b_old = state[f"{head}.weight"], state[f"{head}.bias"]
+    w = w_old.mean(0, keepdim=True).repeat(len(after), 1)
+    b = b_old.mean().repeat(len(after))
+    for i, k in enumerate(before):
+        w[after.index(k)], b[after.index(k)] = w_old[i], b_old[i]
+    state[f"{head}.weight"], state[f"{head}.bias"] = w, b
+    new.load_state_dict(state)
+    return new
+
+
+def train_router(
+    cfg: RunConfig,
+    store: Store,
+    experts: Mapping[int, str] | None = None,
+    prefix: str | None = None,
+    grow_from: str | None = None,
+) -> tuple[TrainResult, list[dict[str, float]]]:
+    """Train the router over `experts` (cluster -> store prefix of its expert; default: every
+    cluster's expert at its usual prefix) into `prefix` (default: models/<model>/router; the
+    operator passes a versioned one): it learns which of those clusters x_0 came from, on
+    those clusters' data only, so its weights renormalize over the experts it routes to.
+    Checkpoints of other settings or another expert set there are refused (paris.fingerprint).
+
+    `grow_from` (a trained router's prefix, over a subset of these clusters): start from its
+    weights with the head grown by the new classes, and fine-tune for router.grow_steps steps
+    on every routed cluster's data, instead of training from scratch."""
+    manifest = load_manifest(store, cfg.data.name)
+    clusters = routed_clusters(manifest, experts)
+    prefix = prefix or router_prefix(cfg.model)
+    parent = None
+    if grow_from is not None:
+        parent_fp = checkpoint_fingerprint(store, grow_from) or {}
+        parent = parent_fp.get("digest") or grow_from
+    fp = router_fingerprint_of(cfg, manifest, experts, parent)
+    check_resume(checkpoint_fingerprint(store, prefix), fp, store.uri(prefix))
+    label_of = class_of(clusters)
     tcfg = cfg.router.train
-    # Every cluster's parts in one stream, each window mixing the clusters in proportion (the
+    if grow_from is not None:
+        tcfg = tcfg.model_copy(update={"steps": cfg.router.grow_steps or max(1, tcfg.steps // 10)})
+    # The routed clusters' parts in one stream, each window mixing them in proportion (the
     # parts of a cluster are spread through the epoch); nothing loads them all.
-    split = [(i, p) for i in range(k) for p in split_shards(manifest, i)]
+    split = [(i, p) for i in clusters for p in split_shards(manifest, i)]
     stream = ShardStream(
         store,
         dataset_prefix(cfg.data.name),
@@ -114,10 +213,19 @@ def train_router(cfg: RunConfig, store: Store) -> tuple[TrainResult, list[dict[s
         groups=[i for i, _ in split],
     )
     torch.manual_seed(tcfg.seed)
-    model = build_router(cfg.router.model, k, manifest["latent"], manifest["text"]["dim"])
-    prefix = router_prefix(cfg.model)
-    meta: dict[str, Any] = {"clusters": k, "samples": stream.samples, "params": count_params(model)}
-    loss = router_loss(stream, load_null_text(store, manifest), tcfg)
+    model = build_router(cfg.router.model, len(clusters), manifest["latent"], manifest["text"]["dim"], clusters)
+    if grow_from is not None:
+        with tempfile.TemporaryDirectory() as tmp:
+            model = grow(ParisRouter.from_pretrained(fetch_weights(store, grow_from, Path(tmp), which="ema")), model)
+        console.print(f"router: grown from {store.uri(grow_from)} to clusters {clusters}")
+    meta: dict[str, Any] = {
+        "clusters": clusters,
+        "samples": stream.samples,
+        "params": count_params(model),
+        "fingerprint": fp.record(),
+        **({"grown_from": grow_from} if grow_from else {}),
+    }
+    loss = router_loss(stream, load_null_text(store, manifest), tcfg, label_of)
     try:
         result = train(model, loss, tcfg, store, prefix, "router", meta, on_step=stream.at_step)
     finally:
@@ -127,9 +235,11 @@ def train_router(cfg: RunConfig, store: Store) -> tuple[TrainResult, list[dict[s
     acc: list[dict[str, float]] = []
     if manifest["holdout"]["size"]:
         holdout = load_split(store, manifest, "holdout", limit=EVAL_SAMPLES)
+        holdout = _rows(holdout, torch.isin(holdout.clusters, torch.tensor(clusters)))
         with tempfile.TemporaryDirectory() as tmp:
             ema = ParisRouter.from_pretrained(fetch_weights(store, prefix, Path(tmp)))
-        acc = accuracy_by_noise(ema, holdout, resolve_device(cfg.router.train.device), cfg.router.train.seed)
+        device = resolve_device(cfg.router.train.device)
+        acc = accuracy_by_noise(ema, holdout, device, cfg.router.train.seed, label_of=label_of)
         store.put_json(f"{prefix}/accuracy.json", {"held_out": acc, "samples": len(holdout)})
         store.put_bytes(f"{prefix}/accuracy.png", accuracy_plot_png(acc))
         console.print(

@@ -12,9 +12,11 @@ import torch
 from paris.config import RunConfig, TrainConfig
 from paris.data.shards import load_manifest, load_null_text, split_shards
 from paris.data.stream import Batches, ShardStream
+from paris.fingerprint import check_resume, dataset_checksum, expert_fingerprint
 from paris.layout import dataset_prefix, expert_prefix
 from paris.plots import save_loss_plot
 from paris.storage import Store
+from paris.trainer.checkpoint import checkpoint_fingerprint
 from paris.trainer.flow import flow_loss, interpolate, model_timestep, sample_t
 from paris.trainer.loop import LossFn, TrainResult, train
 from paris.trainer.model import build_expert, count_params, expert_velocity
@@ -39,7 +41,10 @@ def expert_loss(stream: Batches, null_states: torch.Tensor, null_mask: torch.Ten
     return loss_fn
 
 
-def train_expert(cfg: RunConfig, cluster: int, store: Store) -> TrainResult:
+def train_expert(cfg: RunConfig, cluster: int, store: Store, prefix: str | None = None) -> TrainResult:
+    """Train (or resume) the expert of `cluster` into `prefix` (default: its usual prefix,
+    models/<model>/experts/<k>; the operator passes a versioned one). Checkpoints of other
+    settings there are refused, naming what changed (paris.fingerprint)."""
     manifest = load_manifest(store, cfg.data.name)
     parts = split_shards(manifest, cluster)
     null_states, null_mask = load_null_text(store, manifest)
@@ -47,11 +52,13 @@ def train_expert(cfg: RunConfig, cluster: int, store: Store) -> TrainResult:
     tcfg = cfg.train.model_copy(update={"seed": cfg.train.seed * 100_003 + cluster})
     torch.manual_seed(tcfg.seed)
     model = build_expert(cfg.expert, manifest["latent"], manifest["text"]["dim"])
-    prefix = expert_prefix(cfg.model, cluster)
+    prefix = prefix or expert_prefix(cfg.model, cluster)
+    fp = expert_fingerprint(cfg.expert, cfg.train, cfg.data.name, dataset_checksum(manifest, [cluster]), cluster)
+    check_resume(checkpoint_fingerprint(store, prefix), fp, store.uri(prefix))
     stream = ShardStream(
         store, dataset_prefix(cfg.data.name), parts, tcfg.batch_size * tcfg.grad_accum, tcfg.window, tcfg.seed
     )
-    meta = {"cluster": cluster, "samples": stream.samples, "params": count_params(model)}
+    meta = {"cluster": cluster, "samples": stream.samples, "params": count_params(model), "fingerprint": fp.record()}
     try:
         result = train(
             model,

@@ -209,6 +209,58 @@ def test_failing_job_reports_the_real_exit_code(
     assert "bye" in rec.stdout_path.read_text()
 
 
+def test_an_evicted_pod_gets_sigterm_and_a_final_status_and_a_disruption_costs_no_retry(
+    k8s_cluster: Cluster, k8s_namespace: str, pod_runner: PodRunner, tmp_path: Path
+) -> None:
+    """The Eviction API on a pod the pod runner plays: the API server marks it DisruptionTarget
+    and deletes it; the process gets SIGTERM and its grace period, the pod its final status,
+    and a Job whose podFailurePolicy ignores disruptions starts a new pod without counting a
+    failure. The second pod's user error (exit 2) then fails the Job at once."""
+    ns = k8s_namespace
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    script = (
+        "import os, signal, sys, time\n"
+        f"marks = {str(marks)!r}\n"
+        "runs = len(os.listdir(marks))\n"
+        "open(os.path.join(marks, str(runs)), 'w').close()\n"
+        "def term(*_):\n"
+        "    open(os.path.join(marks, f'term-{runs}'), 'w').close()\n"
+        "    sys.exit(143)\n"
+        "signal.signal(signal.SIGTERM, term)\n"
+        "print('run', runs, flush=True)\n"
+        "if runs: print('error: a user mistake', file=sys.stderr); sys.exit(2)\n"
+        "time.sleep(600)\n"
+    )
+    spec = pod_spec(["python", "-c", script], terminationMessagePolicy="FallbackToLogsOnError")
+    spec["terminationGracePeriodSeconds"] = 10
+    body = job("evicted", spec, backoff=0)
+    body["spec"]["podFailurePolicy"] = {
+        "rules": [
+            {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget"}]},
+            {"action": "FailJob", "onExitCodes": {"containerName": "main", "operator": "In", "values": [2]}},
+        ]
+    }
+    k8s_cluster.batch().create_namespaced_job(ns, body)
+    first: list[Any] = eventually(
+        lambda: job_pods(k8s_cluster, ns, "evicted") if (marks / "0").exists() else None, 60, "the first run"
+    )
+    name = first[0].metadata.name
+    k8s_cluster.core().create_namespaced_pod_eviction(
+        name, ns, {"apiVersion": "policy/v1", "kind": "Eviction", "metadata": {"name": name, "namespace": ns}}
+    )
+    eventually(lambda: (marks / "term-0").exists(), 30, "SIGTERM in the evicted pod", pod_runner.describe)
+    state = eventually(lambda: job_condition(k8s_cluster, ns, "evicted"), 90, "the Job to end", pod_runner.describe)
+    j = k8s_cluster.batch().read_namespaced_job("evicted", ns)
+    assert state == "Failed" and j.status.conditions[0].reason == "PodFailurePolicy"
+    assert (j.status.failed or 0) == 1, "the eviction was not counted against backoffLimit 0"
+    (second,) = [p for p in job_pods(k8s_cluster, ns, "evicted") if p.metadata.name != name]
+    terminated = second.status.container_statuses[0].state.terminated
+    assert terminated.exit_code == 2 and "error: a user mistake" in terminated.message
+    rec = pod_runner.find(name, ns)
+    assert rec is not None and rec.exit_code == 143
+
+
 def test_succeeding_job_gets_secret_configmap_and_overrides(
     k8s_cluster: Cluster, k8s_namespace: str, pod_runner: PodRunner, minio_server: MinioServer
 ) -> None:

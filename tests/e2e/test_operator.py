@@ -471,7 +471,9 @@ def test_digits_run_from_manifests_to_png(
     for e in done:
         st, k = e["status"], e["spec"]["cluster"]
         assert (st["step"], st["totalSteps"], st["progress"]) == (40, 40, "40/40")
-        assert st["checkpoint"] == f"s3://{bucket}/models/digits/experts/{k}/checkpoints/step-000040"
+        # Each trains into the version of its fingerprint (paris.fingerprint), named in its status.
+        assert st["prefix"] == f"models/digits/experts/{k}/fp-{st['fingerprint']['digest'][:12]}"
+        assert st["checkpoint"] == f"s3://{bucket}/{st['prefix']}/checkpoints/step-000040"
         assert st["observedGeneration"] == e["metadata"]["generation"]
         assert st["startTime"] and st["completionTime"] and isinstance(st["loss"], float)
         conds = {c["type"]: c["status"] for c in st["conditions"]}
@@ -482,7 +484,8 @@ def test_digits_run_from_manifests_to_png(
     pod = cluster.core().list_namespaced_pod(ns, label_selector="paris.dev/expert=digits-expert-5").items[0]
     proc = pod_runner.find(pod.metadata.name, ns)
     assert proc is not None and proc.exit_code == 0
-    assert proc.argv == ["paris", "train", "expert", "--cluster", "5"]
+    prefix5 = next(e["status"]["prefix"] for e in done if e["spec"]["cluster"] == 5)
+    assert proc.argv == ["paris", "train", "expert", "--cluster", "5", "--prefix", prefix5]
     if pod_runner.runtime == "image":  # ...inside the trainer image the operator was configured with
         assert pod.spec.containers[0].image == local_images.image_ref("trainer")
         assert proc.launch[:4] == ["buildah", "run", "--isolation", "chroot"]
@@ -511,7 +514,7 @@ def test_digits_run_from_manifests_to_png(
     dep = cluster.apps().read_namespaced_deployment("digits-serve", ns)
     assert (dep.status.ready_replicas or 0) >= 1
     assert cluster.core().read_namespaced_service("digits-serve", ns).spec.ports[0].port == 80
-    assert minio_server.client().stat_object(bucket, "models/digits/pipeline/model_index.json")
+    assert minio_server.client().stat_object(bucket, "models/digits/pipeline.json")
     router_pod = cluster.core().list_namespaced_pod(ns, label_selector="app.kubernetes.io/component=router-train")
     assert router_pod.items[0].spec.node_name in cluster.nodes_in_pool("cpu")
     out = cluster.kubectl("get", "parisrouters", "-n", ns).stdout
@@ -591,8 +594,9 @@ def test_digits_run_from_manifests_to_png(
         return not left
 
     eventually(children_gone, 120, "the router's Deployment and Job to be garbage-collected", debug)
-    assert minio_server.client().stat_object(bucket, "models/digits/pipeline/model_index.json")
-    assert minio_server.client().stat_object(bucket, "models/digits/experts/3/latest.json")
+    assert minio_server.client().stat_object(bucket, "models/digits/pipeline.json")
+    prefix3 = get_cr(cluster, ns, "parisexperts", "digits-expert-3")["status"]["prefix"]
+    assert minio_server.client().stat_object(bucket, f"{prefix3}/latest.json")
 
 
 # ---- Kueue admission and TTL cleanup -----------------------------------------------------------
@@ -667,7 +671,7 @@ def test_a_queued_expert_waits_for_admission_then_outlives_its_cleaned_up_job(
     time.sleep(4)  # several operator polls with the Job gone
     st = status()
     assert (st["phase"], st["reason"], st["jobName"]) == ("Succeeded", "JobComplete", job_name)
-    assert st["checkpoint"] == f"s3://{bucket}/models/digits/experts/6/checkpoints/step-000004"
+    assert st["checkpoint"] == f"s3://{bucket}/{st['prefix']}/checkpoints/step-000004"
     assert isinstance(st["loss"], float) and st["progress"] == "4/4"
     assert st["startTime"] and st["completionTime"] and st["finishedJob"]["name"] == job_name
     assert not cluster.batch().list_namespaced_job(ns).items, "a cleaned-up Job is not run again"

@@ -127,3 +127,20 @@ def test_missing_binary_fails_with_the_build_command(tmp_path: Path, monkeypatch
     monkeypatch.setenv("PARIS_TEST_BIN", str(tmp_path))
     with pytest.raises(pytest.fail.Exception, match=r"scripts/test-infra build"):
         binary("minio")
+
+
+def test_a_stopped_minio_comes_back_on_the_same_port_with_its_data(own_minio: MinioServer) -> None:
+    """The chaos suite's outage: clients are refused while it is down, then find every object."""
+    bucket = own_minio.make_bucket()
+    own_minio.client().put_object(bucket, "k", io.BytesIO(b"kept"), 4)
+    endpoint = own_minio.endpoint
+    with own_minio.down():
+        assert not own_minio.running and not port_open(own_minio.port)
+        with pytest.raises(Exception):  # noqa: B017 - urllib3 raises one of several connection errors
+            own_minio.client().bucket_exists(bucket)
+    assert own_minio.running and own_minio.endpoint == endpoint
+    assert own_minio.client().get_object(bucket, "k").read() == b"kept"
+    own_minio.kill()
+    assert not port_open(own_minio.port)
+    own_minio.start()
+    assert own_minio.client().get_object(bucket, "k").read() == b"kept"

@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import io
 import json
+import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 
 from paris.config import StorageConfig
-from paris.errors import StorageError
+from paris.errors import TRANSIENT_EXIT, StorageError, StoreUnavailable
 from paris.storage import S3Store, open_store
 from tests.helpers import paris_cli, tiny_config, write_config
 from tests.servers.minio import MinioServer
@@ -44,8 +46,9 @@ def test_wrong_credentials_are_a_one_line_error(minio_server: MinioServer, monke
     monkeypatch.setenv("PARIS_S3_ENDPOINT", minio_server.endpoint)
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "nobody")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "wrong-secret")
-    with pytest.raises(StorageError, match="cannot reach s3 endpoint"):
+    with pytest.raises(StorageError, match="refused bucket paris: InvalidAccessKeyId") as err:
         open_store(StorageConfig(uri="s3://paris"))
+    assert not isinstance(err.value, StoreUnavailable), "wrong keys are the user's to fix: no retries"
 
 
 def test_prepare_and_train_an_expert_through_minio(minio_server: MinioServer, tmp_path: Path) -> None:
@@ -76,3 +79,51 @@ def test_a_read_only_store_reads_but_never_writes_or_creates_buckets(minio_serve
     open_store(StorageConfig(uri="s3://never-created", endpoint=minio_server.endpoint), read_only=True,
                access_key=minio_server.access_key, secret_key=minio_server.secret_key)
     assert not minio_server.client().bucket_exists("never-created")
+
+
+def _store(minio: MinioServer, bucket: str, deadline: float) -> S3Store:
+    cfg = StorageConfig(uri=f"s3://{bucket}", endpoint=minio.endpoint, retry_deadline=deadline)
+    store = open_store(cfg, access_key=minio.access_key, secret_key=minio.secret_key)
+    assert isinstance(store, S3Store)
+    return store
+
+
+def test_an_outage_shorter_than_the_deadline_is_waited_out(own_minio: MinioServer) -> None:
+    """MinIO stopped, then back after a few seconds: the call that met the outage succeeds."""
+    store = _store(own_minio, own_minio.make_bucket(), deadline=60)
+    store.put_json("before.json", {"n": 1})
+    own_minio.stop()
+    # The call waits in a worker thread; the server restarts from this one (a server started
+    # from a thread that then ends would die with it: PR_SET_PDEATHSIG).
+    t0 = time.monotonic()
+    with ThreadPoolExecutor(1) as pool:
+        during = pool.submit(store.put_json, "during.json", {"n": 2})
+        time.sleep(3)
+        assert not during.done(), "still waiting for the store"
+        own_minio.start()
+        during.result(timeout=60)
+    assert 2.5 < time.monotonic() - t0 < 60
+    assert store.get_json("during.json") == {"n": 2} and store.get_json("before.json") == {"n": 1}
+
+
+def test_past_the_deadline_the_store_fails_in_one_line_naming_the_endpoint(own_minio: MinioServer) -> None:
+    store = _store(own_minio, own_minio.make_bucket(), deadline=2)
+    own_minio.stop()
+    t0 = time.monotonic()
+    with pytest.raises(StoreUnavailable) as err:
+        store.get_json("anything.json")
+    assert 2 <= time.monotonic() - t0 < 10
+    line = str(err.value)
+    assert "\n" not in line and own_minio.endpoint in line and "unreachable for" in line
+    assert err.value.exit_code == TRANSIENT_EXIT, "a Job retries an outage; it is no user error"
+    # A write that must never hold up training makes one attempt and says it did not land.
+    t0 = time.monotonic()
+    assert store.try_put_json("progress.json", {"step": 3}) is False
+    assert time.monotonic() - t0 < 2
+    own_minio.start()
+    assert store.try_put_json("progress.json", {"step": 4}) is True
+    # An answer of the server (here: no such key) is no outage: raised at once.
+    t0 = time.monotonic()
+    with pytest.raises(StorageError, match="not found"):
+        _store(own_minio, "no-such-thing-here", deadline=60).with_prefix("no-such-bucket", "").get_bytes("k")
+    assert time.monotonic() - t0 < 5

@@ -9,6 +9,9 @@ Fixtures
 minio_server -> tests.servers.minio.MinioServer
     .endpoint ("127.0.0.1:PORT"), .url ("http://..."), .access_key, .secret_key,
     .make_bucket(name=None) -> str, .client() -> minio.Minio, .env() -> dict for subprocesses.
+own_minio -> tests.servers.minio.MinioServer
+    A MinIO of the test alone, for outages: .stop(), .kill(), .start() (same port, data dir
+    and credentials), `with .down(): ...`.
 k8s_cluster -> tests.servers.cluster.Cluster
     .kubeconfig (Path), .server, .token, .version (pinned gitVersion), .pools,
     .api_client() / .core() / .batch() / .apps(), .kubectl(*args), .env(), .logs().
@@ -78,6 +81,16 @@ def minio_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MinioServ
 
     with contextlib.ExitStack() as stack:
         yield _start(stack, lambda: start_minio(tmp_path_factory.mktemp("minio")))
+
+
+@pytest.fixture
+def own_minio(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MinioServer]:
+    """A MinIO server of this test alone, which it may stop and start (.stop(), .kill(),
+    .start(), `with .down():`) on the same port, data dir and credentials."""
+    from tests.servers.minio import start_minio
+
+    with contextlib.ExitStack() as stack:
+        yield _start(stack, lambda: start_minio(tmp_path_factory.mktemp("own-minio")))
 
 
 @pytest.fixture(scope="session")

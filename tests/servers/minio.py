@@ -27,6 +27,48 @@ class MinioServer:
     port: int
     console_port: int
     _buckets: int = field(default=0, repr=False)
+    _argv: list[str] = field(default_factory=list, repr=False)
+    _env: dict[str, str] = field(default_factory=dict, repr=False)
+    _workdir: Path | None = field(default=None, repr=False)
+    _starts: int = field(default=1, repr=False)
+
+    # ---- outages (the chaos suite) ------------------------------------------------------------
+
+    @property
+    def running(self) -> bool:
+        return self.process.alive()
+
+    def stop(self, grace: float = 5.0) -> None:
+        """Take the store down (SIGTERM, then SIGKILL after `grace`): clients get connection
+        refused until start(). The data dir, port and credentials stay."""
+        self.process.stop(grace)
+
+    def kill(self) -> None:
+        """Take the store down at once (SIGKILL), as a crashed node would."""
+        self.process.stop(0)
+
+    def start(self, timeout: float = 60.0) -> None:
+        """Bring it back on the same port, data dir and credentials: what a restarted MinIO
+        pod behind the same Service looks like to its clients."""
+        assert self._workdir is not None and not self.process.alive(), "stop() it first"
+        self._starts += 1
+        log = self._workdir / f"minio-{self._starts}.log"
+        self.process = ServerProcess("minio", self._argv, log, env=self._env, cwd=self._workdir)
+        wait_until(
+            lambda: _healthy(f"http://127.0.0.1:{self.port}/minio/health/ready"),
+            timeout,
+            "MinIO /minio/health/ready after a restart",
+            server=self.process,
+        )
+
+    @contextlib.contextmanager
+    def down(self) -> Iterator[None]:
+        """The store is unreachable inside the block."""
+        self.stop()
+        try:
+            yield
+        finally:
+            self.start()
 
     @property
     def url(self) -> str:
@@ -109,6 +151,7 @@ def start_minio(workdir: Path, timeout: float = 60.0) -> Iterator[MinioServer]:
         "--quiet",
     ]
     proc = ServerProcess("minio", argv, workdir / "minio.log", env=env, cwd=workdir)
+    server: MinioServer | None = None
     try:
         wait_until(
             lambda: _healthy(f"http://127.0.0.1:{port}/minio/health/ready"),
@@ -116,6 +159,8 @@ def start_minio(workdir: Path, timeout: float = 60.0) -> Iterator[MinioServer]:
             "MinIO /minio/health/ready",
             server=proc,
         )
-        yield MinioServer(f"127.0.0.1:{port}", access_key, secret_key, data, proc, port, console)
+        server = MinioServer(f"127.0.0.1:{port}", access_key, secret_key, data, proc, port, console)
+        server._argv, server._env, server._workdir = argv, env, workdir
+        yield server
     finally:
-        proc.stop()
+        (server.process if server is not None else proc).stop()  # the latest process after restarts

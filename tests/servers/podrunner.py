@@ -30,6 +30,13 @@ What is emulated of a container in both, and what is not:
   `url_for()` finds it.
 - restartPolicy: Never ends the pod with the exit code; OnFailure restarts on non-zero;
   Always restarts on any exit (restartCount and lastState are reported).
+- Deletion (an eviction through the Eviction API, a preemption, a foreground-deleted Job): the
+  process group gets SIGTERM, then SIGKILL after the pod's terminationGracePeriodSeconds, and
+  the pod gets its final phase and exit code, as the kubelet gives it; conditions the API
+  server set (DisruptionTarget) stay. A pod deleted before its process ran ends Failed with
+  reason ContainerStatusUnknown. A Job with a podFailurePolicy needs this final status.
+- terminationMessagePolicy FallbackToLogsOnError: a failed container's termination message is
+  the tail of its log (80 lines, 2 KiB at most), as the kubelet makes it.
 - readinessProbe httpGet/tcpSocket/exec is probed against the local process (the probe's
   port is mapped to PORT) and the pod turns Ready when it passes; without a probe the pod is
   Ready as soon as kwok runs it.
@@ -87,6 +94,9 @@ PASSTHROUGH = (
 )
 
 
+TERMINATION_MESSAGE_BYTES = 2048  # the kubelet's cap on a termination message from the log
+
+
 class PodStartError(Exception):
     """The pod cannot be run locally (no command, missing Secret, ...); `reason` is the
     container's waiting reason while it is retried."""
@@ -119,6 +129,7 @@ class PodProcess:
     ready: bool = False
     proc: subprocess.Popen[bytes] | None = field(default=None, repr=False)
     stop_requested: threading.Event = field(default_factory=threading.Event, repr=False)
+    deleted: bool = False  # the pod got a deletionTimestamp while its process ran
 
     @property
     def url(self) -> str:
@@ -206,6 +217,7 @@ class PodRunner:
         self._core: Any = k8s.CoreV1Api(self._api)
         self._lock = threading.RLock()
         self._pods: dict[str, PodProcess] = {}  # by uid
+        self._closed: set[str] = set()  # uids of pods deleted before they ran, given a final status
         self._fake_nodes: set[str] = set()
         self._stopping = threading.Event()
         self._watcher = threading.Thread(target=self._watch_loop, name="pod-runner-watch", daemon=True)
@@ -349,11 +361,19 @@ class PodRunner:
             rec = self._pods.get(uid)
         if kind == "DELETED" or meta.get("deletionTimestamp"):
             if rec is not None and not rec.stop_requested.is_set():
+                # As the kubelet: SIGTERM, the pod's grace period, SIGKILL; then the pod's final
+                # status (see _run_pod), which a Job with a podFailurePolicy waits for.
+                rec.deleted = True
                 rec.stop_requested.set()
-                rec.finished = True
+                grace = float(spec.get("terminationGracePeriodSeconds", 30))
                 if rec.proc is not None:
                     # Off the watch thread: a slow-dying process must not stall the watch.
-                    threading.Thread(target=kill_group, args=(rec.proc, self.stop_grace), daemon=True).start()
+                    threading.Thread(target=kill_group, args=(rec.proc, grace), daemon=True).start()
+                else:
+                    rec.finished = True
+                    self._never_ran(pod)
+            elif rec is None and kind != "DELETED" and spec.get("nodeName") in self._fake_nodes:
+                self._never_ran(pod)
             return
         if rec is not None or self._stopping.is_set():
             return
@@ -689,7 +709,10 @@ class PodRunner:
             rec.exit_code = code
             rec.ready = False
             if rec.stop_requested.is_set():
-                return  # the pod is gone or the runner stops: nothing to report
+                if rec.deleted:  # the pod is being deleted (evicted, preempted, its Job gone)
+                    reason = "Completed" if code == 0 else "Error"
+                    self._report_terminated(rec, pod, code, reason, "", failed=code != 0, started=started)
+                return  # (or the runner stops: nothing to report)
             restart = policy == "Always" or (policy == "OnFailure" and code != 0)
             if not restart:
                 self._report_terminated(rec, pod, code, reason, "", failed=code != 0, started=started)
@@ -814,8 +837,11 @@ class PodRunner:
             "startedAt": started or now,
             "finishedAt": now,
         }
+        container = pod["spec"]["containers"][0]
+        if not message and failed and container.get("terminationMessagePolicy") == "FallbackToLogsOnError":
+            message = self._log_tail(rec)
         if message:
-            terminated["message"] = message[:1000]
+            terminated["message"] = message[-TERMINATION_MESSAGE_BYTES:]
         body = {
             "phase": "Failed" if failed else "Succeeded",
             "conditions": [
@@ -831,6 +857,45 @@ class PodRunner:
         }
         self._patch_status(rec, body)
         rec.finished = True
+
+    @staticmethod
+    def _log_tail(rec: PodProcess) -> str:
+        """What the kubelet takes for FallbackToLogsOnError: the log's last 80 lines, at most
+        2 KiB. The container's stdout and stderr are one log there; here stderr (where a
+        paris command prints its error line) comes last."""
+        lines: list[str] = []
+        for path in (rec.stdout_path, rec.stderr_path):
+            with contextlib.suppress(OSError):
+                lines += path.read_text(errors="replace").splitlines()
+        return "\n".join(lines[-80:])[-TERMINATION_MESSAGE_BYTES:]
+
+    def _never_ran(self, pod: dict[str, Any]) -> None:
+        """A pod deleted before its process started: the kubelet still gives it a final status
+        (the Job controller waits for one), with the reason it uses for a container it cannot
+        find."""
+        meta, status = pod["metadata"], pod.get("status") or {}
+        if status.get("phase") in ("Succeeded", "Failed") or meta["uid"] in self._closed:
+            return
+        self._closed.add(meta["uid"])
+        terminated = {
+            "exitCode": 137,
+            "reason": "ContainerStatusUnknown",
+            "message": "The container could not be located when the pod was terminated",
+            "startedAt": _now(),
+            "finishedAt": _now(),
+        }
+        statuses = [
+            {"name": c["name"], "image": c.get("image", ""), "imageID": "", "ready": False, "restartCount": 0,
+             "started": False, "state": {"terminated": terminated}}
+            for c in pod["spec"]["containers"]
+        ]
+        with contextlib.suppress(ApiException):
+            self._core.patch_namespaced_pod_status(
+                meta["name"],
+                meta["namespace"],
+                {"status": {"phase": "Failed", "containerStatuses": statuses}},
+                _content_type="application/strategic-merge-patch+json",
+            )
 
     def _patch_status(self, rec: PodProcess, status: dict[str, Any]) -> None:
         for attempt in range(5):

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from paris.data.sources import DIGIT_NAMES
-from tests.helpers import paris_cli, tiny_config, write_config
+from tests.helpers import paris_cli, served_pipeline, tiny_config, write_config
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +40,7 @@ def test_every_command_runs_for_two_steps(prepared: Path) -> None:
 
     r = paris_cli("train", "router", cfg)
     assert r.returncode == 0, r.stderr
-    assert (store / "models/tiny/pipeline/model_index.json").is_file()
+    assert (served_pipeline(store, "tiny") / "model_index.json").is_file()
     assert (store / "models/tiny/router/accuracy.json").is_file()
     assert (store / "models/tiny/router/accuracy.png").read_bytes()[:4] == b"\x89PNG"
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from tests.helpers import paris_cli, tiny_config, write_config
+from tests.helpers import paris_cli, served_pipeline, tiny_config, write_config
 
 # What diffusers' EMAModel writes into a model's config.json unless we keep it out.
 EMA_KEYS = {"decay", "inv_gamma", "min_decay", "optimization_step", "power", "update_after_step", "use_ema_warmup"}
@@ -29,7 +29,7 @@ def test_paris_generate_prints_no_warning_on_a_trained_pipeline(tmp_path: Path) 
 
     store = tmp_path / "store" / "models" / "tiny"
     for component in ("expert_0", "expert_1", "router"):
-        config = json.loads((store / "pipeline" / component / "config.json").read_text())
+        config = json.loads((served_pipeline(tmp_path / "store", "tiny") / component / "config.json").read_text())
         assert not EMA_KEYS & set(config), f"{component}: {sorted(EMA_KEYS & set(config))}"
     # The checkpoint keeps the EMA's state beside its weights, where a resume reads it.
     ema = store / "experts" / "0" / "checkpoints" / "step-000002" / "ema"

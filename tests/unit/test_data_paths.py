@@ -24,7 +24,7 @@ from paris.router.pipeline import ParisPipeline
 from paris.router.server import create_app, pipeline_loader
 from paris.storage import LocalStore
 from tests import tiny_models
-from tests.helpers import paris_cli, tiny_config, write_config
+from tests.helpers import paris_cli, served_pipeline, tiny_config, write_config
 
 
 def _image(i: int) -> Image.Image:
@@ -99,13 +99,13 @@ def test_the_papers_configuration_runs_end_to_end_then_generates_evaluates_and_s
     assert manifest["latent"]["space"] == "vae" and manifest["latent"]["channels"] == 4
     assert manifest["latent"]["size"] == 8  # two VAE blocks: 16 px -> 8 latent
     assert manifest["text"]["kind"] == "open_clip" and manifest["text"]["dim"] == 32
-    index = json.loads((store / "models/tiny/pipeline/model_index.json").read_text())
+    index = json.loads((served_pipeline(store, "tiny") / "model_index.json").read_text())
     assert index["text_encoder"] == ["paris.router.text", "OpenClipTextModel"]
-    assert (store / "models/tiny/pipeline/vae/config.json").is_file()
+    assert (served_pipeline(store, "tiny") / "vae/config.json").is_file()
     assert (store / "models/tiny/samples/top1.png").is_file()
 
     # The pipeline's text encoder gives the token states the training captions were encoded to.
-    pipe = ParisPipeline.from_pretrained(store / "models/tiny/pipeline")
+    pipe = ParisPipeline.from_pretrained(served_pipeline(store, "tiny"))
     part = read_shard(LocalStore(store), "datasets/squares", manifest["clusters"][0]["shards"][0])
     states, mask = pipe.encode_prompt([part.captions[0]])
     assert torch.equal(mask[0], part.text_mask[0])

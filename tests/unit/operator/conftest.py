@@ -8,6 +8,8 @@ import pytest
 
 from paris.config import OperatorSettings
 
+ALL_EXPERTS = {k: f"models/digits/experts/{k}" for k in range(8)}  # cluster -> prefix, as routers pass them
+
 
 def expert_body(name: str = "digits-expert-3", **spec: Any) -> dict[str, Any]:
     base = {

@@ -11,7 +11,7 @@ import yaml
 from paris.config import KUEUE_QUEUE_LABEL, OperatorSettings, ParisExpertSpec, ParisRouterSpec, parse_config
 from paris.operator import builders
 
-from .conftest import expert_body, router_body
+from .conftest import ALL_EXPERTS, expert_body, router_body
 
 
 def _expert_job(settings: OperatorSettings, **spec: Any) -> dict[str, Any]:
@@ -75,7 +75,7 @@ def test_no_distributed_training_env_anywhere(settings: OperatorSettings) -> Non
     rspec = ParisRouterSpec.model_validate(rb["spec"])
     objs = [
         _expert_job(settings),
-        builders.build_router_job(rb, rspec, settings),
+        builders.build_router_job(rb, rspec, settings, ALL_EXPERTS),
         builders.build_serve_deployment(rb, rspec, settings, "p"),
     ]
     for obj in objs:
@@ -126,10 +126,11 @@ def test_spec_change_changes_the_hash(settings: OperatorSettings) -> None:
 def test_router_children(settings: OperatorSettings) -> None:
     body = router_body()
     spec = ParisRouterSpec.model_validate(body["spec"])
-    job = builders.build_router_job(body, spec, settings)
+    job = builders.build_router_job(body, spec, settings, ALL_EXPERTS)
     assert job["metadata"]["name"].startswith("digits-train-")
     c = job["spec"]["template"]["spec"]["containers"][0]
-    assert c["command"] == ["paris", "train", "router"]
+    assert c["command"][:3] == ["paris", "train", "router"]
+    assert c["command"][3:7] == ["--expert", "0=models/digits/experts/0", "--expert", "1=models/digits/experts/1"]
     cfg = parse_config(yaml.safe_load(_env(c)["PARIS_CONFIG"]["value"]))
     assert cfg.router.train.steps == 30 and cfg.storage.uri == "s3://paris/prefix"
     assert cfg.storage.endpoint == "minio:9000"
@@ -156,7 +157,7 @@ def test_router_generations(settings: OperatorSettings) -> None:
     def children(**spec: Any) -> tuple[str, str]:
         body = router_body(**spec)
         s = ParisRouterSpec.model_validate(body["spec"])
-        job = builders.build_router_job(body, s, settings)["metadata"]["name"]
+        job = builders.build_router_job(body, s, settings, ALL_EXPERTS)["metadata"]["name"]
         dep = builders.build_serve_deployment(body, s, settings, pipeline=job)
         return job, dep["metadata"]["annotations"][builders.SPEC_HASH]
 
@@ -184,7 +185,7 @@ def test_every_paris_container_gets_its_environment_from_one_helper(settings: Op
     }
     built = {
         "expert": _expert_job(settings),
-        "router": builders.build_router_job(rb, rspec, settings),
+        "router": builders.build_router_job(rb, rspec, settings, ALL_EXPERTS),
         "serve": builders.build_serve_deployment(rb, rspec, settings, "p"),
     }
     for what, obj in built.items():
@@ -214,7 +215,7 @@ def test_builders_stamp_the_generation_they_were_built_for(settings: OperatorSet
     rspec = ParisRouterSpec.model_validate(rb["spec"])
     job = builders.build_expert_job(eb, ParisExpertSpec.model_validate(eb["spec"]), settings)
     assert job["metadata"]["annotations"][builders.GENERATION] == "7"
-    router_job = builders.build_router_job(rb, rspec, settings)
+    router_job = builders.build_router_job(rb, rspec, settings, ALL_EXPERTS)
     for obj in (router_job, builders.build_serve_deployment(rb, rspec, settings, "p")):
         assert obj["metadata"]["annotations"][builders.GENERATION] == "4"
     # The generation is bookkeeping, not spec: it never changes the spec hash.
@@ -233,7 +234,7 @@ def test_children_are_adopted_with_the_resources_own_labels_under_ours(settings:
     rspec = ParisRouterSpec.model_validate(rb["spec"])
     children = [
         (eb, builders.build_expert_job(eb, ParisExpertSpec.model_validate(eb["spec"]), settings)),
-        (rb, builders.build_router_job(rb, rspec, settings)),
+        (rb, builders.build_router_job(rb, rspec, settings, ALL_EXPERTS)),
         (rb, builders.build_serve_deployment(rb, rspec, settings, "p")),
         (rb, builders.build_serve_service(rb, rspec)),
     ]
@@ -257,7 +258,7 @@ def test_a_queued_resource_gets_suspended_jobs_with_the_kueue_label(settings: Op
     assert queued["metadata"]["labels"][KUEUE_QUEUE_LABEL] == "team-a"
     assert queued["spec"]["suspend"] is True
     rb = router_body(queueName="team-b")
-    rjob = builders.build_router_job(rb, ParisRouterSpec.model_validate(rb["spec"]), settings)
+    rjob = builders.build_router_job(rb, ParisRouterSpec.model_validate(rb["spec"]), settings, ALL_EXPERTS)
     assert rjob["metadata"]["labels"][KUEUE_QUEUE_LABEL] == "team-b" and rjob["spec"]["suspend"] is True
     # Queueing is not training: the same spec hash, so a running Job is never replaced for it.
     assert queued["metadata"]["annotations"][builders.SPEC_HASH] == plain["metadata"]["annotations"][builders.SPEC_HASH]
@@ -272,7 +273,7 @@ def test_finished_jobs_get_the_resources_ttl_else_the_operators(settings: Operat
     # Never sooner than three status polls: the operator records the outcome before the Job goes.
     assert _expert_job(with_default, ttlSecondsAfterFinished=0)["spec"]["ttlSecondsAfterFinished"] == 30
     rb = router_body(ttlSecondsAfterFinished=120)
-    rjob = builders.build_router_job(rb, ParisRouterSpec.model_validate(rb["spec"]), settings)
+    rjob = builders.build_router_job(rb, ParisRouterSpec.model_validate(rb["spec"]), settings, ALL_EXPERTS)
     assert rjob["spec"]["ttlSecondsAfterFinished"] == 120
     hashes = {j["metadata"]["annotations"][builders.SPEC_HASH] for j in (own, _expert_job(settings))}
     assert len(hashes) == 1, "a new cleanup time must not restart a training"
@@ -283,7 +284,7 @@ def _pods(settings: OperatorSettings, **router_spec: Any) -> dict[str, dict[str,
     rspec = ParisRouterSpec.model_validate(rb["spec"])
     return {
         "expert": _expert_job(settings)["spec"]["template"]["spec"],
-        "router": builders.build_router_job(rb, rspec, settings)["spec"]["template"]["spec"],
+        "router": builders.build_router_job(rb, rspec, settings, ALL_EXPERTS)["spec"]["template"]["spec"],
         "serve": builders.build_serve_deployment(rb, rspec, settings, "p")["spec"]["template"]["spec"],
     }
 
@@ -324,3 +325,70 @@ def test_auth_puts_the_token_in_the_serve_pod_by_secret_reference_only(settings:
     serve = pods["serve"]["containers"][0]
     assert _env(serve)["PARIS_SERVE_TOKEN"]["valueFrom"]["secretKeyRef"]["key"] == "api-key"
     assert parse_config(yaml.safe_load(_env(serve)["PARIS_CONFIG"]["value"])).serve.max_queue == 7
+
+
+def test_training_jobs_fail_at_once_on_a_user_error_and_never_count_a_disruption(settings: OperatorSettings) -> None:
+    from paris.errors import TRANSIENT_EXIT, USER_ERROR_EXIT
+
+    rb = router_body()
+    for job in (
+        _expert_job(settings),
+        builders.build_router_job(rb, ParisRouterSpec.model_validate(rb["spec"]), settings, ALL_EXPERTS),
+    ):
+        pod = job["spec"]["template"]["spec"]
+        assert pod["restartPolicy"] == "Never", "podFailurePolicy needs restartPolicy Never"
+        container = pod["containers"][0]
+        assert container["terminationMessagePolicy"] == "FallbackToLogsOnError"
+        rules = job["spec"]["podFailurePolicy"]["rules"]
+        ignore = next(r for r in rules if r["action"] == "Ignore")
+        assert ignore["onPodConditions"] == [{"type": "DisruptionTarget", "status": "True"}]
+        fail = next(r for r in rules if r["action"] == "FailJob")
+        assert fail["onExitCodes"] == {
+            "containerName": container["name"],
+            "operator": "In",
+            "values": [USER_ERROR_EXIT],
+        }
+        assert TRANSIENT_EXIT not in fail["onExitCodes"]["values"], "an outage is retried"
+    # An operator upgrade that changes the policy does not restart a running training.
+    assert _expert_job(settings)["metadata"]["annotations"][builders.SPEC_HASH] == builders.digest(
+        {k: v for k, v in _expert_job(settings)["spec"].items() if k != "podFailurePolicy"}
+    )
+
+
+def test_the_router_job_trains_over_exactly_the_experts_it_is_given(settings: OperatorSettings) -> None:
+    rb = router_body()
+    spec = ParisRouterSpec.model_validate(rb["spec"])
+    some = {0: "models/digits/experts/0", 5: "models/digits/experts/5"}
+    job = builders.build_router_job(rb, spec, settings, some)
+    command = job["spec"]["template"]["spec"]["containers"][0]["command"]
+    assert command == [
+        "paris",
+        "train",
+        "router",
+        "--expert",
+        "0=models/digits/experts/0",
+        "--expert",
+        "5=models/digits/experts/5",
+    ]
+    everyone = builders.build_router_job(rb, spec, settings, ALL_EXPERTS)
+    assert job["metadata"]["name"] != everyone["metadata"]["name"], "another expert set is another training"
+    assert (
+        builders.build_router_job(rb, spec, settings, dict(reversed(some.items())))["metadata"]["name"]
+        == job["metadata"]["name"]
+    )
+
+
+def test_ownership_is_the_controller_reference_and_nothing_else(settings: OperatorSettings) -> None:
+    body = expert_body()
+    job = _expert_job(settings)
+    assert builders.owns(body, job)
+    other = expert_body(name="someone-else")
+    other["metadata"]["uid"] = "uid-other"
+    assert not builders.owns(other, job), "same labels and name pattern, another owner"
+    foreign = {
+        "kind": "Deployment",
+        "metadata": {"name": "digits-serve", "namespace": "ns1", "labels": job["metadata"]["labels"]},
+    }
+    assert not builders.owns(body, foreign)
+    said = builders.not_owned(router_body(), foreign)
+    assert "Deployment ns1/digits-serve" in said and "controlled by nobody" in said and "left alone" in said

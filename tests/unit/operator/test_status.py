@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from paris.operator.ensemble import Ensemble
 from paris.operator.status import (
+    DEGRADED,
     DEPLOYING,
     FAILED,
     PENDING,
@@ -19,6 +21,7 @@ from paris.operator.status import (
     deployment_available,
     expert_status,
     job_outcome,
+    last_words,
     merge_conditions,
     recorded_finish,
     router_status,
@@ -105,30 +108,48 @@ def expert(name: str, phase: str | None) -> dict[str, Any]:
     return {"metadata": {"name": name}, "status": {"phase": phase} if phase else {}}
 
 
+def ens(experts: list[dict[str, Any]], needed: int | None = None) -> Ensemble:
+    """The ensemble of experts e0, e1, ... (expert i covers cluster i)."""
+    e = Ensemble(sorted(x["metadata"]["name"] for x in experts), needed or len(experts))
+    for i, x in enumerate(experts):
+        name, phase = x["metadata"]["name"], (x.get("status") or {}).get("phase") or PENDING
+        if phase == SUCCEEDED:
+            e.succeeded[name] = (i, f"models/digits/experts/{i}")
+        elif phase == FAILED:
+            e.failed[name] = "boom"
+        else:
+            e.waiting[name] = phase
+    return e
+
+
 def test_router_waits_then_trains_then_deploys() -> None:
     experts = [expert(f"e{i}", SUCCEEDED if i < 5 else TRAINING) for i in range(8)]
-    s = router_status(None, RouterFacts(1, experts, needed=8))
+    s = router_status(None, RouterFacts(1, ens(experts, 8)))
     assert (s.status["phase"], s.status["expertsReady"]) == (PENDING, "5/8")
     assert cond(s.status, "ExpertsReady")["status"] == "False"
 
     failed = [*experts[:7], expert("e7", FAILED)]
-    assert "failed: e7" in router_status(s.status, RouterFacts(1, failed, needed=8)).status["message"]
+    assert "failed: e7" in router_status(s.status, RouterFacts(1, ens(failed, 8))).status["message"]
 
     all_ok = [expert(f"e{i}", SUCCEEDED) for i in range(8)]
-    t = router_status(s.status, RouterFacts(1, all_ok, needed=8, job=job(active=1, ready=1)))
+    t = router_status(s.status, RouterFacts(1, ens(all_ok, 8), job=job(active=1, ready=1)))
     assert t.status["phase"] == TRAINING and t.status["expertsReady"] == "8/8"
 
     dep = {"metadata": {"generation": 2}, "status": {"observedGeneration": 2, "replicas": 1, "updatedReplicas": 1}}
-    d = router_status(t.status, RouterFacts(1, all_ok, 8, job=done("Complete"), deployment=dep, endpoint="http://x"))
+    d = router_status(
+        t.status, RouterFacts(1, ens(all_ok, 8), job=done("Complete"), deployment=dep, endpoint="http://x")
+    )
     assert d.status["phase"] == DEPLOYING
     dep["status"]["readyReplicas"] = 1
-    r = router_status(d.status, RouterFacts(1, all_ok, 8, job=done("Complete"), deployment=dep, endpoint="http://x"))
+    r = router_status(
+        d.status, RouterFacts(1, ens(all_ok, 8), job=done("Complete"), deployment=dep, endpoint="http://x")
+    )
     assert r.status["phase"] == READY and r.status["endpoint"] == "http://x"
     assert cond(r.status, "Available")["status"] == "True" and cond(r.status, "RouterTrained")["status"] == "True"
 
 
 def test_router_with_no_experts_says_so() -> None:
-    s = router_status(None, RouterFacts(1, [], needed=0))
+    s = router_status(None, RouterFacts(1, ens([])))
     assert s.status["phase"] == PENDING and "no ParisExpert matches" in s.status["message"]
 
 
@@ -174,7 +195,7 @@ def test_a_suspended_job_is_queued_until_kueue_admits_it() -> None:
 
 def test_a_router_whose_training_job_waits_in_a_queue_is_queued() -> None:
     experts = [expert(f"e{i}", SUCCEEDED) for i in range(2)]
-    s = router_status(None, RouterFacts(1, experts, needed=2, job=queued_job(True)))
+    s = router_status(None, RouterFacts(1, ens(experts, 2), job=queued_job(True)))
     assert (s.status["phase"], s.status["reason"]) == (QUEUED, "Queued")
     assert cond(s.status, "Admitted")["status"] == "False"
 
@@ -212,3 +233,89 @@ def test_a_job_nobody_saw_finish_counts_as_done_when_the_store_says_so() -> None
     assert rec is not None
     st = expert_status(None, ExpertFacts(1, None, progress={"step": 30, "loss": 0.5}, total_steps=30, finished=rec))
     assert (st.status["phase"], st.status["reason"], st.status["loss"]) == (SUCCEEDED, "TrainingDone", 0.5)
+
+
+def serving(*experts: str, ready: bool = True) -> dict[str, Any]:
+    return {
+        "metadata": {"generation": 1, "annotations": {"paris.dev/experts": ",".join(experts)}},
+        "status": {"observedGeneration": 1, "replicas": 1, "updatedReplicas": 1, "readyReplicas": int(ready)},
+    }
+
+
+def test_a_router_with_a_failed_expert_serves_the_others_degraded_and_says_what_is_missing() -> None:
+    experts = [expert(f"e{i}", SUCCEEDED) for i in range(3)] + [expert("e3", FAILED)]
+    ensemble = ens(experts, needed=3)
+    assert ensemble.use() == {0: "models/digits/experts/0", 1: "models/digits/experts/1", 2: "models/digits/experts/2"}
+    facts = RouterFacts(1, ensemble, job=done("Complete"), deployment=serving("e0", "e1", "e2"), endpoint="http://x")
+    s = router_status(None, facts).status
+    assert (s["phase"], s["reason"]) == (DEGRADED, "Degraded")
+    assert s["missingExperts"] == ["e3 (Failed: boom)"] and s["servedExperts"] == ["e0", "e1", "e2"]
+    assert "serving 3/4 experts" in s["message"] and "e3" in s["message"]
+    assert cond(s, "Degraded")["status"] == "True" and cond(s, "Available")["status"] == "True"
+    t = router_status(None, facts).transition
+    assert t is not None and t.warning, "a degraded ensemble is a Warning event"
+
+    # Fewer than the minimum: nothing trains.
+    short = ens(experts, needed=4)
+    assert short.use() is None
+    s = router_status(None, RouterFacts(1, short)).status
+    assert (s["phase"], s["reason"]) == (FAILED, "NotEnoughExperts") and "3/4" in s["message"]
+
+    # The failed expert retrains: the degraded pipeline keeps serving meanwhile.
+    retrying = ens([*experts[:3], expert("e3", TRAINING)], needed=3)
+    assert retrying.use() is None, "no new router until every expert settles"
+    s = router_status(s, RouterFacts(1, retrying, deployment=serving("e0", "e1", "e2"), endpoint="http://x")).status
+    assert s["phase"] == DEGRADED and s["missingExperts"] == ["e3 (Training)"]
+
+    # It succeeds: a router over all four trains, and once it serves the router is Ready.
+    whole = ens([*experts[:3], expert("e3", SUCCEEDED)], needed=3)
+    assert sorted(whole.use() or {}) == [0, 1, 2, 3]
+    s = router_status(s, RouterFacts(1, whole, job=job(active=1, ready=1), deployment=serving("e0", "e1", "e2"))).status
+    assert s["phase"] == TRAINING
+    done4 = RouterFacts(1, whole, job=done("Complete"), deployment=serving("e0", "e1", "e2", "e3"), endpoint="http://x")
+    s = router_status(s, done4).status
+    assert (s["phase"], s["missingExperts"]) == (READY, []) and cond(s, "Degraded")["status"] == "False"
+
+
+def test_a_selection_that_mixes_models_or_repeats_a_cluster_is_refused() -> None:
+    e = ens([expert("e0", SUCCEEDED)])
+    e.problem = "the selected experts must ...: a and b all cover cluster 3"
+    s = router_status(None, RouterFacts(1, e)).status
+    assert (s["phase"], s["reason"]) == (FAILED, "InvalidSelection") and "cluster 3" in s["message"]
+    assert cond(s, "InvalidSelection")["status"] == "True"
+    e.problem = None
+    s = router_status(s, RouterFacts(1, e, job=job(active=1))).status
+    assert cond(s, "InvalidSelection")["status"] == "False", "a fixed selection clears the condition"
+
+
+def test_a_refused_duplicate_expert_fails_and_its_twin_is_told() -> None:
+    s = expert_status(None, ExpertFacts(1, None, duplicate="ParisExpert a already trains ...", refused=True)).status
+    assert (s["phase"], s["reason"]) == (FAILED, "DuplicateExpert")
+    assert cond(s, "Duplicate")["status"] == "True"
+    owner = expert_status(
+        None, ExpertFacts(1, job(active=1, ready=1), duplicate="ParisExpert b also claims ...")
+    ).status
+    assert owner["phase"] == TRAINING and cond(owner, "Duplicate")["status"] == "True"
+    later = expert_status(owner, ExpertFacts(1, job(active=1, ready=1))).status
+    assert cond(later, "Duplicate")["status"] == "False"
+    plain = expert_status(None, ExpertFacts(1, job(active=1, ready=1))).status
+    assert not [c for c in plain["conditions"] if c["type"] == "Duplicate"], "no noise when it never happened"
+
+
+def test_a_foreign_child_and_a_malformed_progress_file_are_reported_not_fatal() -> None:
+    s = expert_status(None, ExpertFacts(1, None, conflict="Job ns/e-train exists and is controlled by nobody")).status
+    assert (s["phase"], s["reason"]) == (PENDING, "ChildConflict") and cond(s, "ChildConflict")["status"] == "True"
+    bad = ["s3://b/models/m/experts/3/progress.json is malformed (step: ...); ignored"]
+    s = expert_status(None, ExpertFacts(1, job(active=1, ready=1), malformed=bad, total_steps=30)).status
+    assert s["phase"] == TRAINING and s["step"] == 0
+    assert cond(s, "ProgressMalformed")["message"] == bad[0]
+
+
+def test_the_failed_trainers_last_words_reach_the_status_and_outlive_the_job() -> None:
+    failed = done("Failed", "PodFailurePolicy", "Container trainer for pod ns/e-train-x failed with exit code 2")
+    said = last_words("loading…\nerror: dataset 'nope' not found in s3://b: run `paris data prepare` first\n")
+    assert said == "error: dataset 'nope' not found in s3://b: run `paris data prepare` first"
+    s = expert_status(None, ExpertFacts(1, failed, pod_message=said)).status
+    assert s["phase"] == FAILED and s["reason"] == "PodFailurePolicy"
+    assert s["message"].endswith(said) and s["finishedJob"]["message"] == s["message"]
+    assert last_words("") is None and last_words("a\nb\n") == "b"

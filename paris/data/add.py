@@ -1,0 +1,114 @@
+"""`paris data add`: new data joins a prepared dataset as one new cluster.
+
+The new images are encoded with the dataset's own encoders (text encoder, latent codec) and
+split into training and held-out samples by the dataset's rule, then written as the parts of
+cluster K (K = the number of clusters so far) and appended to the held-out split. Nothing of
+clusters 0..K-1 is touched: their parts, their checksums, and so the fingerprints of the
+experts trained on them (paris.fingerprint.dataset_checksum) stay as they are. The manifest is
+rewritten last, so a crash midway leaves the dataset as it was.
+
+The new cluster's expert then trains in isolation (`paris train expert --cluster K`), and the
+router grows by one class (`paris train router --grow-from ...`).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import torch
+
+from paris.config import DataConfig
+from paris.data.encoders import Encoders
+from paris.data.shards import MANIFEST, PartWriter, load_manifest
+from paris.data.sources import open_source
+from paris.data.work import _batched, is_holdout
+from paris.errors import DataError
+from paris.layout import dataset_prefix
+from paris.progress import console
+from paris.storage import Store
+
+# Work-unit indexes of added clusters: far above any preparation's (part names stay unique).
+ADDED_INDEX = 100_000
+
+
+def add_cluster(dataset: DataConfig, new: DataConfig, store: Store) -> dict[str, Any]:
+    """Encode `new`'s samples with `dataset`'s encoders into a new cluster of `dataset`.
+    Returns the new manifest. Adding the same input twice is refused."""
+    manifest = load_manifest(store, dataset.name)
+    source_cfg = new.model_dump(mode="json", include={"source", "path", "labels", "limit", "part_size"})
+    for done in manifest.get("added") or []:
+        if done.get("input") == source_cfg:
+            raise DataError(f"dataset {dataset.name!r}: this input was added already, as cluster {done['cluster']}")
+    k = int(manifest["num_clusters"])
+    enc = Encoders(dataset)
+    source = open_source(new, store)
+    root = dataset_prefix(dataset.name)
+    writer = PartWriter(store, root, ADDED_INDEX + k, dataset.shard_size)
+    samples = held_out = 0
+    try:
+        for part in source.parts():
+            for batch in _batched(source.samples(part), dataset.batch_size):
+                states, mask = enc.text.encode([s.caption for s in batch])
+                rows = {
+                    "latents": enc.codec.encode([s.image for s in batch]),
+                    "text_states": states,
+                    "text_mask": mask,
+                    "labels": torch.tensor([s.label for s in batch], dtype=torch.int64),
+                    "clusters": torch.full((len(batch),), k, dtype=torch.int64),
+                }
+                splits: list[int | str] = ["holdout" if is_holdout(dataset, s.key) else k for s in batch]
+                for split in dict.fromkeys(splits):
+                    sel = [r for r, x in enumerate(splits) if x == split]
+                    idx = torch.tensor(sel)
+                    writer.add(
+                        split,
+                        {f: t[idx] for f, t in rows.items()},
+                        [batch[r].caption for r in sel],
+                        [batch[r].key for r in sel],
+                    )
+                samples += len(batch)
+                held_out += splits.count("holdout")
+        parts = writer.close()
+    except BaseException:
+        writer.abort()
+        raise
+    trained = [p for p in parts if p["split"] == k]
+    if not trained:
+        raise DataError(f"{new.path or new.source}: no samples to train a new cluster on")
+    histogram: list[int] = []
+    for p in trained:
+        h = p.get("label_histogram") or []
+        histogram = [
+            (histogram[i] if i < len(histogram) else 0) + (h[i] if i < len(h) else 0)
+            for i in range(max(len(histogram), len(h)))
+        ]
+    manifest["clusters"].append(
+        {
+            "id": k,
+            "size": sum(p["samples"] for p in trained),
+            "shards": [{"key": p["key"], "samples": p["samples"], "sha256": p["sha256"]} for p in trained],
+            "label_histogram": histogram,
+        }
+    )
+    for p in parts:
+        if p["split"] == "holdout":
+            manifest["holdout"]["size"] += p["samples"]
+            manifest["holdout"]["shards"].append({"key": p["key"], "samples": p["samples"], "sha256": p["sha256"]})
+    manifest["num_clusters"] = k + 1
+    manifest["num_samples"] += samples
+    manifest["added"] = [
+        *(manifest.get("added") or []),
+        {
+            "cluster": k,
+            "input": source_cfg,
+            "samples": samples,
+            "held_out": held_out,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        },
+    ]
+    store.put_json(f"{root}/{MANIFEST}", manifest)  # last: publishes the new cluster
+    console.print(
+        f"added cluster {k} to dataset {dataset.name!r}: {samples - held_out} training samples, {held_out} held out"
+    )
+    return manifest

@@ -1,0 +1,70 @@
+"""An expert joins a trained ensemble: `paris data add` makes the new data cluster K of the
+dataset without touching clusters 0..K-1, the new expert trains alone, and the router grows by
+one class from the trained one, while every old expert's files stay byte for byte the same."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import torch
+
+from paris.config import RouterModelConfig
+from paris.router.model import build_router
+from paris.router.train import grow
+from tests.helpers import deep_update, paris_cli, served_pipeline, tiny_config, write_config
+
+
+def _digests(root: Path) -> dict[str, str]:
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() for p in root.rglob("*") if p.is_file()
+    }
+
+
+def test_a_grown_router_keeps_every_old_class_and_adds_the_new_one_neutral() -> None:
+    small = RouterModelConfig(hidden_size=32, depth=1, heads=2)
+    old = build_router(small, 2, {"size": 8, "channels": 1}, 384, [0, 2])
+    torch.nn.init.normal_(old.state_dict(keep_vars=True)["head.3.weight"])
+    new = grow(old, build_router(small, 3, {"size": 8, "channels": 1}, 384, [0, 1, 2]))
+    a, b = old.state_dict(), new.state_dict()
+    w_old, w_new = a["head.3.weight"], b["head.3.weight"]
+    torch.testing.assert_close(w_new[0], w_old[0])
+    torch.testing.assert_close(w_new[2], w_old[1])
+    torch.testing.assert_close(w_new[1], w_old.mean(0))
+    trunk = [k for k in a if not k.startswith("head.3.")]
+    assert trunk and all(torch.equal(a[k], b[k]) for k in trunk), "the trunk as it was"
+
+
+def test_an_expert_added_later_joins_without_touching_the_old_ones(tmp_path: Path) -> None:
+    store = tmp_path / "s"
+    base = tiny_config(f"file://{store}", data={"labels": [0, 1, 2, 3, 4, 5, 6, 7, 8], "limit": None})
+    cfg = str(write_config(tmp_path / "c.yaml", base))
+    for argv in (["data", "prepare"], ["train", "expert", "--cluster", "0"], ["train", "expert", "--cluster", "1"]):
+        r = paris_cli(*argv[:2], cfg, *argv[2:])
+        assert r.returncode == 0, r.stderr
+    assert paris_cli("train", "router", cfg).returncode == 0
+    old = {k: _digests(store / f"models/tiny/experts/{k}") for k in (0, 1)}
+
+    r = paris_cli("data", "add", cfg, "--source", "digits", "--label", "9")
+    assert r.returncode == 0 and "added cluster 2" in r.stderr, r.stderr
+    manifest = json.loads((store / "datasets/digits-mini/manifest.json").read_text())
+    assert manifest["num_clusters"] == 3 and manifest["clusters"][2]["label_histogram"][9] > 100
+    assert sum(manifest["clusters"][2]["label_histogram"]) == manifest["clusters"][2]["label_histogram"][9]
+    again = paris_cli("data", "add", cfg, "--source", "digits", "--label", "9")
+    assert again.returncode == 2 and "added already, as cluster 2" in again.stderr.strip().splitlines()[-1]
+
+    # The old experts resume as they are (their clusters did not change); the new one trains alone.
+    for k in (0, 1):
+        r = paris_cli("train", "expert", cfg, "--cluster", str(k))
+        assert r.returncode == 0 and "already trained" in r.stderr, r.stderr
+    assert paris_cli("train", "expert", cfg, "--cluster", "2").returncode == 0
+    grown_cfg = str(write_config(tmp_path / "g.yaml", deep_update(base, {"router": {"grow_steps": 1}})))
+    r = paris_cli("train", "router", grown_cfg, "--grow-from", "models/tiny/router", "--prefix", "models/tiny/router/3")
+    assert r.returncode == 0 and "grown from" in r.stderr, r.stderr
+    assert {k: _digests(store / f"models/tiny/experts/{k}") for k in (0, 1)} == old, "old experts byte-identical"
+    pipeline = served_pipeline(store, "tiny")
+    router = json.loads((pipeline / "router/config.json").read_text())
+    assert (router["num_clusters"], router["clusters"]) == (3, [0, 1, 2])
+    state = json.loads((store / "models/tiny/router/3/checkpoints/step-000001/state.json").read_text())
+    assert state["grown_from"] == "models/tiny/router" and state["fingerprint"]["fields"]["router.grown_from"]
