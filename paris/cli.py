@@ -96,7 +96,7 @@ def train_router(
     cfg, store = _load(config)
     result, _ = run_router(cfg, store)
     console.print(f"router: step {result.step}, loss {result.loss:.4f}")
-    if publish:
+    if publish and result.main:  # under torchrun, rank 0 alone publishes
         uri = publish_pipeline(build_pipeline(cfg, store), store, cfg.model)
         console.print(f"pipeline: {uri}")
 

@@ -275,7 +275,13 @@ class TrainConfig(_Model):
     logit_std: float = Field(1.0, gt=0)
     mode_scale: float = 1.29
     mixed_precision: Precision = Field(
-        "auto", description="auto: bf16 where the device runs it fast (CUDA with bf16, CPU with AMX)"
+        "auto",
+        description="auto: bf16 where the device runs it faster than fp32 (CUDA with bf16; a CPU with AMX "
+        "or AVX-512 BF16, measured in bench/README.md)",
+    )
+    compile: bool = Field(True, description="torch.compile each transformer block (CPU and CUDA)")
+    gradient_checkpointing: bool = Field(
+        False, description="Recompute block activations in the backward pass: less memory, ~30% more compute"
     )
     device: str = Field("auto", pattern=DEVICE_PATTERN, description="auto, cpu, cuda, cuda:N or mps")
     threads: int | None = Field(None, ge=1, description="CPU threads (default: torch's choice)")
