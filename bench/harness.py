@@ -161,6 +161,8 @@ def write_json(path: Path | None, payload: dict[str, Any]) -> None:
             return {"min": o.min, "median": o.median, "max": o.max, "rounds": o.rounds}
         if isinstance(o, Machine):
             return asdict(o)
+        if isinstance(o, Path):
+            return str(o)
         raise TypeError(type(o))
 
     path.write_text(json.dumps(payload, indent=2, default=default))
