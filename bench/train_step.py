@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import copy
 import gc
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -169,6 +170,34 @@ def profile_top(fn: Callable[[], Any], rows: int) -> str:
     return str(p.key_averages().table(sort_by="self_cpu_time_total", row_limit=rows))
 
 
+def precision_table(
+    args: argparse.Namespace,
+    batch: Batch,
+    device: torch.device,
+    clock: Callable[[], float],
+    results: dict[str, Any],
+    log: Callable[[str], None] | None,
+) -> str:
+    """paris's default step in fp32 and in bf16, interleaved: what chose CPU_PRECISION.
+    Run it again under ONEDNN_MAX_CPU_ISA=AVX512_CORE to see a CPU without a bf16 unit."""
+    rows = []
+    for preset in args.preset:
+        variants = {}
+        for precision in args.precision:
+            amp = PRECISIONS[precision]
+            opts = StepOptions.for_config(TrainConfig(compile=not (args.no_compile or args.quick)), device, amp)
+            variants[precision] = paris_variant(args, preset, batch, device, opts)[0]
+        stats = interleaved(variants, args.rounds, args.calls, clock, log=log)
+        base = stats[args.precision[0]]
+        for name, st in stats.items():
+            rows.append([preset, name, f"{st.min:.3f} / {st.median:.3f} / {st.max:.3f}", fmt_ratio(ratio(base, st))])
+            results[f"{preset}/{name}/precision"] = {"seconds": st, f"speed_vs_{args.precision[0]}": ratio(base, st)}
+    isa = os.environ.get("ONEDNN_MAX_CPU_ISA")
+    title = f"paris's step by precision{f' (ONEDNN_MAX_CPU_ISA={isa})' if isa else ''}, batch {args.batch}"
+    headers = ["preset", "precision", "s/step min / median / max", f"speed vs {args.precision[0]}"]
+    return f"#### {title}\n\n" + markdown(headers, rows)
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--preset", nargs="+", default=["S", "B"], choices=list(PRESETS))
@@ -185,6 +214,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--clock", default="auto", choices=["auto", "cpu", "wall"])
     ap.add_argument("--ladder", action="store_true", help="also paris before, then one change at a time")
     ap.add_argument("--no-compile", action="store_true", help="paris without torch.compile")
+    ap.add_argument(
+        "--precision-table",
+        action="store_true",
+        help="paris's step in each precision side by side (the CPU precision default); no reference",
+    )
     ap.add_argument("--profile", type=int, default=0, help="print torch.profiler's top N ops per variant")
     ap.add_argument("--quick", action="store_true", help="a tiny model, 2 rounds: checks the harness")
     ap.add_argument("--json", type=Path, help="write every figure here")
@@ -199,7 +233,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     log = (lambda m: print(m, file=sys.stderr, flush=True)) if not args.quick else None
     results: dict[str, Any] = {"machine": machine(device, clock_name), "args": vars(args) | {"json": None}}
     tables = []
-    for precision in args.precision:
+    if args.precision_table:
+        tables.append(precision_table(args, batch, device, clock, results, log))
+    for precision in [] if args.precision_table else args.precision:
         amp = PRECISIONS[precision]
         peak = matmul_peak(device, amp or torch.float32, clock) if not args.quick else float("nan")
         results[f"peak_{precision}_flops"] = peak
