@@ -68,11 +68,19 @@ class StepOptions:
 
 
 def compile_blocks(model: torch.nn.Module) -> int:
-    """Compile every transformer block in place (state_dict keys unchanged); returns how many."""
+    """Compile every transformer block in place (state_dict keys unchanged); returns how many.
+
+    Static shapes only: each caption length (a multiple of paris.trainer.model.TEXT_MULTIPLE)
+    gets its own graph, compiled the same way whenever it first appears, so a run resumed
+    mid-way computes with the very kernels of an uninterrupted one (a dynamic-shape graph
+    would depend on which lengths came first)."""
+    import torch._dynamo.config as dynamo_config
+
+    dynamo_config.recompile_limit = max(dynamo_config.recompile_limit, 32)
     n = 0
     for m in model.modules():
         if isinstance(m, BasicTransformerBlock):
-            m.compile()
+            m.compile(dynamic=False)
             n += 1
     return n
 
