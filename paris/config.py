@@ -543,6 +543,14 @@ class ParisExpertSpec(BatchJobOptions, PodPlacement):
         6, alias="backoffLimit", ge=0, le=100, description="Pod retries; each resumes from latest.json"
     )
     active_deadline_seconds: int | None = Field(None, alias="activeDeadlineSeconds", ge=1)
+    gpus: int | None = Field(
+        None,
+        ge=1,
+        le=16,
+        description="GPUs of one node for this expert: its nvidia.com/gpu limit; above 1 the pod runs "
+        "`torchrun --standalone`, one data-parallel rank per GPU, its collective inside this pod only "
+        "(default: the nvidia.com/gpu limit its resources or pool give it)",
+    )
     dataset: str | None = Field(
         None,
         pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$",
