@@ -60,6 +60,10 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     # Events only for what the user should see (our transitions, warnings), not every handler run.
     settings.posting.level = logging.WARNING
     settings.watching.server_timeout = 300
+    # The handlers are synchronous and wait on the API and the store, not on the CPU: with the
+    # default pool (CPU count + 4 threads) 200 new ParisExperts queued behind 6 threads
+    # (bench/operator_scale.py, bench/README.md).
+    settings.execution.max_workers = kube.CONNECTIONS
     # kopf puts this finalizer on every resource with a timer, to stop the timer before the
     # resource goes. Children need no cleanup of ours: owner references cascade the deletion.
     settings.persistence.finalizer = f"{API_GROUP}/finalizer"
@@ -143,12 +147,13 @@ def reconcile_expert(body: Mapping[str, Any], patch: kopf.Patch) -> None:
         finished = recorded_finish(body.get("status"), name, want) or trained_record(
             name, want, progress, spec.train.steps
         )
+    created = False
     if job is None and finished is None and secret_problem is None and problem is None and not replaced:
         # (a replaced Job is recreated next round, once the old one is gone)
         job, created = kube.create_or_get(desired)
         if created:
             kopf.event(body, type="Normal", reason="JobCreated", message=f"created Job {name}")
-    if job is not None and job_outcome(job)[0] == PENDING:
+    if job is not None and not created and job_outcome(job)[0] == PENDING:  # a Job just made has no pod yet
         pod_problem = _pod_problem(ns, name)
     facts = ExpertFacts(
         generation=generation,
