@@ -58,10 +58,10 @@ def jobs(cfg: RunConfig) -> list[Job]:
         Job(f"expert {k}", [*train, "expert", "--cluster", str(k)], expert_prefix(cfg.model, k), cfg.train.steps)
         for k in range(cfg.data.clusters)
     ]
-    # The router trains on the data alone, so it shares the pool with the experts instead of
-    # waiting for all of them (a core idled while it did). It goes last: it is the shortest.
-    out.append(Job("router", [*train, "router", "--no-publish"], router_prefix(cfg.model), cfg.router.train.steps))
-    return out
+    # The router trains on the data alone: it starts with the first experts instead of after
+    # the last one (see train_models).
+    router = Job("router", [*train, "router", "--no-publish"], router_prefix(cfg.model), cfg.router.train.steps)
+    return [router, *out]
 
 
 def process_state(name: str, procs: Procs) -> str:
@@ -116,6 +116,25 @@ def visible_gpus() -> list[str]:
     return [str(i) for i in range(torch.cuda.device_count())]
 
 
+class GpuPool:
+    """Hands each running job a GPU of its own (CUDA_VISIBLE_DEVICES) and takes it back when
+    the job ends. With one GPU or none, nothing is pinned."""
+
+    def __init__(self, gpus: list[str]) -> None:
+        self.free = list(gpus) if len(gpus) > 1 else []
+        self.held: dict[str, str] = {}
+
+    def env_for(self, name: str) -> dict[str, str]:
+        if not self.free:
+            return {}
+        self.held[name] = self.free.pop(0)
+        return {"CUDA_VISIBLE_DEVICES": self.held[name]}
+
+    def release(self, name: str) -> None:
+        if name in self.held:
+            self.free.append(self.held.pop(name))
+
+
 def train_models(cfg: RunConfig, store: Store, log_dir: Path) -> None:
     """Run every expert and the router in its own process, `cfg.parallel` at a time.
 
@@ -127,9 +146,7 @@ def train_models(cfg: RunConfig, store: Store, log_dir: Path) -> None:
     child.train.threads = threads
     child.router.train.threads = cfg.router.train.threads or threads
     env = {**os.environ, "PARIS_CONFIG": yaml.safe_dump(child.model_dump(mode="json"))}
-    gpus = visible_gpus()
-    free = list(gpus) if len(gpus) > 1 else []
-    held: dict[str, str] = {}
+    gpus = GpuPool(visible_gpus())
     log_dir.mkdir(parents=True, exist_ok=True)
     procs: Procs = {}
     logs = {}
@@ -162,21 +179,21 @@ def train_models(cfg: RunConfig, store: Store, log_dir: Path) -> None:
     )
     with live_ctx as live:
         while pending or any(process_state(n, procs) == "running" for n in procs):
-            for name in [n for n in held if process_state(n, procs) != "running"]:
-                free.append(held.pop(name))
-            running = sum(process_state(n, procs) == "running" for n in procs)
-            while pending and running < cfg.parallel:
+            for name in [n for n in gpus.held if process_state(n, procs) != "running"]:
+                gpus.release(name)
+            # The router runs beside the `parallel` experts, one process more: 5 jobs in 2 slots
+            # left a core idle for the last one's whole run (the router, ran alone after the
+            # experts); 3 processes on 2 cores keep both busy until the end.
+            running = sum(process_state(n, procs) == "running" and n != "router" for n in procs)
+            while pending and (running < cfg.parallel or pending[0].name == "router"):
                 job = pending.pop(0)
-                job_env = env
-                if free:  # several GPUs: pin this process to one of its own
-                    held[job.name] = free.pop(0)
-                    job_env = {**env, "CUDA_VISIBLE_DEVICES": held[job.name]}
+                job_env = {**env, **gpus.env_for(job.name)}  # several GPUs: one of its own
                 log = log_dir / f"{job.name.replace(' ', '-')}.log"
                 logs[job.name] = open(log, "wb")  # noqa: SIM115 (closed below)
                 procs[job.name] = subprocess.Popen(
                     job.argv, env=job_env, stdout=logs[job.name], stderr=subprocess.STDOUT, start_new_session=True
                 )
-                running += 1
+                running += job.name != "router"
             failed = [n for n in procs if process_state(n, procs).startswith("exit")]
             if failed:
                 for p in procs.values():
