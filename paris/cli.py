@@ -172,7 +172,7 @@ def train_router(
     experts = parse_experts(expert, cfg.model)
     result, _ = run_router(cfg, store, experts, _prefix(prefix), _prefix(grow_from))
     console.print(f"router: step {result.step}, loss {result.loss:.4f}")
-    if publish:
+    if publish and result.main:  # under torchrun, rank 0 alone publishes
         uri = publish_ensemble(cfg, store, experts, _prefix(prefix))
         console.print(f"pipeline: {uri}")
 

@@ -287,7 +287,13 @@ class TrainConfig(_Model):
     logit_std: float = Field(1.0, gt=0)
     mode_scale: float = 1.29
     mixed_precision: Precision = Field(
-        "auto", description="auto: bf16 where the device runs it fast (CUDA with bf16, CPU with AMX)"
+        "auto",
+        description="auto: bf16 where the device runs it faster than fp32 (CUDA with bf16; a CPU with AMX "
+        "or AVX-512 BF16, measured in bench/README.md)",
+    )
+    compile: bool = Field(True, description="torch.compile each transformer block (CPU and CUDA)")
+    gradient_checkpointing: bool = Field(
+        False, description="Recompute block activations in the backward pass: less memory, ~30% more compute"
     )
     device: str = Field("auto", pattern=DEVICE_PATTERN, description="auto, cpu, cuda, cuda:N or mps")
     threads: int | None = Field(None, ge=1, description="CPU threads (default: torch's choice)")
@@ -563,6 +569,14 @@ class ParisExpertSpec(BatchJobOptions, PodPlacement):
         6, alias="backoffLimit", ge=0, le=100, description="Pod retries; each resumes from latest.json"
     )
     active_deadline_seconds: int | None = Field(None, alias="activeDeadlineSeconds", ge=1)
+    gpus: int | None = Field(
+        None,
+        ge=1,
+        le=16,
+        description="GPUs of one node for this expert: its nvidia.com/gpu limit; above 1 the pod runs "
+        "`torchrun --standalone`, one data-parallel rank per GPU, its collective inside this pod only "
+        "(default: the nvidia.com/gpu limit its resources or pool give it)",
+    )
     dataset: str | None = Field(
         None,
         pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$",

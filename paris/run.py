@@ -1,8 +1,8 @@
 """`paris run`: the whole Paris recipe on one machine.
 
-Experts train in separate OS processes that share nothing but files in the store, exactly
-as they would on separate machines; this process only starts them and watches their
-`progress.json`.
+Experts and the router train in separate OS processes that share nothing but files in the
+store, exactly as they would on separate machines; this process only starts them and
+watches their `progress.json`.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +23,7 @@ from rich.table import Table
 
 from paris.config import RunConfig
 from paris.errors import ParisError
-from paris.layout import dataset_prefix, expert_prefix, model_prefix
+from paris.layout import dataset_prefix, expert_prefix, model_prefix, router_prefix
 from paris.progress import console, interactive
 from paris.storage import Store
 
@@ -38,114 +39,170 @@ def ensure_dataset(cfg: RunConfig, store: Store) -> dict[str, Any]:
     return prepare_dataset(cfg.data, store)
 
 
-Procs = dict[int, "subprocess.Popen[bytes]"]
+Procs = dict[str, "subprocess.Popen[bytes]"]
 
 
-def process_state(k: int, procs: Procs) -> str:
-    """queued (not started), running, done, or `exit N` for a failed expert process."""
-    if k not in procs:
+@dataclass(frozen=True)
+class Job:
+    """One training process: an expert, or the router (which needs the data, not the experts)."""
+
+    name: str  # "expert 3", "router"
+    argv: list[str]
+    prefix: str  # where its progress.json appears
+    total: int
+
+
+def jobs(cfg: RunConfig) -> list[Job]:
+    train = [sys.executable, "-m", "paris", "train"]
+    out = [
+        Job(f"expert {k}", [*train, "expert", "--cluster", str(k)], expert_prefix(cfg.model, k), cfg.train.steps)
+        for k in range(cfg.data.clusters)
+    ]
+    # The router trains on the data alone: it starts with the first experts instead of after
+    # the last one (see train_models).
+    router = Job("router", [*train, "router", "--no-publish"], router_prefix(cfg.model), cfg.router.train.steps)
+    return [router, *out]
+
+
+def process_state(name: str, procs: Procs) -> str:
+    """queued (not started), running, done, or `exit N` for a failed process."""
+    if name not in procs:
         return "queued"
-    rc = procs[k].poll()
+    rc = procs[name].poll()
     return "running" if rc is None else "done" if rc == 0 else f"exit {rc}"
 
 
-def _progress_table(cfg: RunConfig, progress: dict[int, dict[str, Any]], procs: Procs) -> Table:
-    table = Table(title="experts (one process each)")
-    for col in ("cluster", "state", "progress", "step", "loss", "samples/s"):
+def _progress_table(todo: list[Job], progress: dict[str, dict[str, Any]], procs: Procs) -> Table:
+    table = Table(title="experts and router (one process each)")
+    for col in ("job", "state", "progress", "step", "loss", "samples/s"):
         table.add_column(col)
-    for k in range(cfg.data.clusters):
-        p = progress[k]
+    for job in todo:
+        p = progress[job.name]
         loss = p.get("loss")
         table.add_row(
-            str(k),
-            process_state(k, procs),
-            ProgressBar(total=p.get("total", cfg.train.steps), completed=p.get("step", 0), width=24),
-            f"{p.get('step', 0)}/{p.get('total', cfg.train.steps)}",
+            job.name,
+            process_state(job.name, procs),
+            ProgressBar(total=p.get("total", job.total), completed=p.get("step", 0), width=24),
+            f"{p.get('step', 0)}/{p.get('total', job.total)}",
             f"{loss:.4f}" if isinstance(loss, float) else "-",
             str(p.get("samples_per_s", "-")),
         )
     return table
 
 
-def progress_line(k: int, state: str, p: dict[str, Any], total: int) -> str:
+def progress_line(name: str, state: str, p: dict[str, Any], total: int) -> str:
     loss = p.get("loss")
     return (
-        f"expert {k}: {state}, step {p.get('step', 0)}/{p.get('total', total)}"
+        f"{name}: {state}, step {p.get('step', 0)}/{p.get('total', total)}"
         + (f", loss {loss:.4f}" if isinstance(loss, float) else "")
         + (f", {p['samples_per_s']} samples/s" if p.get("samples_per_s") else "")
     )
 
 
-def _milestone(k: int, procs: Procs, p: dict[str, Any], total: int) -> tuple[str, int]:
+def _milestone(name: str, procs: Procs, p: dict[str, Any], total: int) -> tuple[str, int]:
     """What a log line reports a change of: the state, and progress in tenths."""
-    return process_state(k, procs), int(10 * p.get("step", 0) / max(1, p.get("total", total)))
+    return process_state(name, procs), int(10 * p.get("step", 0) / max(1, p.get("total", total)))
 
 
-def train_experts(cfg: RunConfig, store: Store, log_dir: Path) -> None:
-    """Run every expert in its own process, `cfg.parallel` at a time.
+def visible_gpus() -> list[str]:
+    """The CUDA devices this process may hand out, as CUDA_VISIBLE_DEVICES spells them."""
+    import torch
 
-    On a terminal a live table; in logs (CI, `kubectl logs`) one line per expert whenever its
-    state changes or it passes another tenth of its steps."""
+    if not torch.cuda.is_available():
+        return []
+    listed = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if listed:
+        return [d.strip() for d in listed.split(",") if d.strip()]
+    return [str(i) for i in range(torch.cuda.device_count())]
+
+
+class GpuPool:
+    """Hands each running job a GPU of its own (CUDA_VISIBLE_DEVICES) and takes it back when
+    the job ends. With one GPU or none, nothing is pinned."""
+
+    def __init__(self, gpus: list[str]) -> None:
+        self.free = list(gpus) if len(gpus) > 1 else []
+        self.held: dict[str, str] = {}
+
+    def env_for(self, name: str) -> dict[str, str]:
+        if not self.free:
+            return {}
+        self.held[name] = self.free.pop(0)
+        return {"CUDA_VISIBLE_DEVICES": self.held[name]}
+
+    def release(self, name: str) -> None:
+        if name in self.held:
+            self.free.append(self.held.pop(name))
+
+
+def train_models(cfg: RunConfig, store: Store, log_dir: Path) -> None:
+    """Run every expert and the router in its own process, `cfg.parallel` at a time.
+
+    With several GPUs each process gets one of its own (CUDA_VISIBLE_DEVICES), instead of
+    every process landing on GPU 0. On a terminal a live table; in logs (CI, `kubectl
+    logs`) one line per job whenever its state changes or it passes another tenth of its steps."""
     threads = cfg.train.threads or max(1, (os.cpu_count() or 1) // cfg.parallel)
     child = cfg.model_copy(deep=True)
     child.train.threads = threads
+    child.router.train.threads = cfg.router.train.threads or threads
     env = {**os.environ, "PARIS_CONFIG": yaml.safe_dump(child.model_dump(mode="json"))}
+    gpus = GpuPool(visible_gpus())
     log_dir.mkdir(parents=True, exist_ok=True)
     procs: Procs = {}
     logs = {}
-    pending = list(range(cfg.data.clusters))
-    reported: dict[int, tuple[str, int]] = {}
-    total = cfg.train.steps
+    todo = jobs(cfg)
+    pending = list(todo)
+    reported: dict[str, tuple[str, int]] = {}
 
-    def poll_progress() -> dict[int, dict[str, Any]]:
-        return {
-            k: store.get_json_or_none(f"{expert_prefix(cfg.model, k)}/progress.json") or {}
-            for k in range(cfg.data.clusters)
-        }
+    def poll_progress() -> dict[str, dict[str, Any]]:
+        return {job.name: store.get_json_or_none(f"{job.prefix}/progress.json") or {} for job in todo}
 
-    def report(progress: dict[int, dict[str, Any]]) -> None:
-        for k, p in progress.items():
-            now = _milestone(k, procs, p, total)
-            if k in procs and reported.get(k) != now:
-                console.print(progress_line(k, now[0], p, total))
-                reported[k] = now
+    def report(progress: dict[str, dict[str, Any]]) -> None:
+        for job in todo:
+            p = progress[job.name]
+            now = _milestone(job.name, procs, p, job.total)
+            if job.name in procs and reported.get(job.name) != now:
+                console.print(progress_line(job.name, now[0], p, job.total))
+                reported[job.name] = now
 
     def show(live: Any) -> None:
         progress = poll_progress()
         if interactive():
-            live.update(_progress_table(cfg, progress, procs))
+            live.update(_progress_table(todo, progress, procs))
         else:
             report(progress)
 
     live_ctx = (
-        Live(_progress_table(cfg, poll_progress(), procs), console=console, refresh_per_second=1, transient=False)
+        Live(_progress_table(todo, poll_progress(), procs), console=console, refresh_per_second=1, transient=False)
         if interactive()
         else _NoLive()
     )
     with live_ctx as live:
-        while pending or any(process_state(k, procs) == "running" for k in procs):
-            running = sum(process_state(k, procs) == "running" for k in procs)
-            while pending and running < cfg.parallel:
-                k = pending.pop(0)
-                logs[k] = open(log_dir / f"expert-{k}.log", "wb")  # noqa: SIM115 (closed below)
-                procs[k] = subprocess.Popen(
-                    [sys.executable, "-m", "paris", "train", "expert", "--cluster", str(k)],
-                    env=env,
-                    stdout=logs[k],
-                    stderr=subprocess.STDOUT,
-                    start_new_session=True,
+        while pending or any(process_state(n, procs) == "running" for n in procs):
+            for name in [n for n in gpus.held if process_state(n, procs) != "running"]:
+                gpus.release(name)
+            # The router runs beside the `parallel` experts, one process more: 5 jobs in 2 slots
+            # left a core idle for the last one's whole run (the router, ran alone after the
+            # experts); 3 processes on 2 cores keep both busy until the end.
+            running = sum(process_state(n, procs) == "running" and n != "router" for n in procs)
+            while pending and (running < cfg.parallel or pending[0].name == "router"):
+                job = pending.pop(0)
+                job_env = {**env, **gpus.env_for(job.name)}  # several GPUs: one of its own
+                log = log_dir / f"{job.name.replace(' ', '-')}.log"
+                logs[job.name] = open(log, "wb")  # noqa: SIM115 (closed below)
+                procs[job.name] = subprocess.Popen(
+                    job.argv, env=job_env, stdout=logs[job.name], stderr=subprocess.STDOUT, start_new_session=True
                 )
-                running += 1
-            failed = [k for k in procs if process_state(k, procs).startswith("exit")]
+                running += job.name != "router"
+            failed = [n for n in procs if process_state(n, procs).startswith("exit")]
             if failed:
                 for p in procs.values():
                     if p.poll() is None:
                         p.terminate()
-                k = failed[0]
-                tail = (log_dir / f"expert-{k}.log").read_text(errors="replace").strip().splitlines()[-1:]
-                raise ParisError(
-                    f"expert {k} failed ({tail[0] if tail else 'no output'}); log: {log_dir / f'expert-{k}.log'}"
-                )
+                name = failed[0]
+                log = log_dir / f"{name.replace(' ', '-')}.log"
+                tail = log.read_text(errors="replace").strip().splitlines()[-1:]
+                raise ParisError(f"{name} failed ({tail[0] if tail else 'no output'}); log: {log}")
             show(live)
             time.sleep(1.0)
         show(live)
@@ -168,7 +225,6 @@ def run(cfg: RunConfig, store: Store, log_dir: Path | None = None) -> dict[str, 
     from paris.plots import save_loss_plot
     from paris.router.assemble import build_pipeline, publish_pipeline
     from paris.router.generate import sample_and_score
-    from paris.router.train import train_router
 
     times: dict[str, float] = {}
     t0 = time.time()
@@ -176,13 +232,11 @@ def run(cfg: RunConfig, store: Store, log_dir: Path | None = None) -> dict[str, 
     times["prepare"] = time.time() - t0
 
     t = time.time()
-    train_experts(cfg, store, log_dir or Path(tempfile.mkdtemp(prefix="paris-logs-")))
-    times["experts"] = time.time() - t
+    train_models(cfg, store, log_dir or Path(tempfile.mkdtemp(prefix="paris-logs-")))
+    times["experts+router"] = time.time() - t
     progress = [store.get_json(f"{expert_prefix(cfg.model, k)}/progress.json") for k in range(cfg.data.clusters)]
-
-    t = time.time()
-    router_result, router_acc = train_router(cfg, store)
-    times["router"] = time.time() - t
+    router_progress = store.get_json(f"{router_prefix(cfg.model)}/progress.json")
+    router_acc = (store.get_json_or_none(f"{router_prefix(cfg.model)}/accuracy.json") or {}).get("held_out", [])
 
     t = time.time()
     pipe = build_pipeline(cfg, store)
@@ -209,7 +263,7 @@ def run(cfg: RunConfig, store: Store, log_dir: Path | None = None) -> dict[str, 
             {"cluster": p["cluster"], "loss": p["loss"], "steps": p["step"], "samples_per_s": p["samples_per_s"]}
             for p in progress
         ],
-        "router": {"loss": router_result.loss, "held_out_accuracy": router_acc},
+        "router": {"loss": router_progress["loss"], "held_out_accuracy": router_acc},
         "eval": scores,
         "pipeline": pipeline_uri,
         "seconds": {k: round(v, 1) for k, v in times.items()},

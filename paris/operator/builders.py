@@ -44,6 +44,7 @@ TRAINER_UID = 10001  # the non-root user of images/trainer/Dockerfile
 
 # Env names a torch.distributed launcher would read. A Paris trainer must never see them: the
 # experts share nothing (a unit test asserts no builder emits any of these).
+GPU_RESOURCE = "nvidia.com/gpu"
 DISTRIBUTED_ENV = frozenset(
     {"MASTER_ADDR", "MASTER_PORT", "WORLD_SIZE", "RANK", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "NODE_RANK", "GROUP_RANK"}
 )
@@ -365,25 +366,47 @@ def expert_run_config(spec: ParisExpertSpec, settings: OperatorSettings) -> RunC
     )
 
 
+def expert_gpus(spec: ParisExpertSpec, settings: OperatorSettings) -> int:
+    """The GPUs an expert's pod gets: spec.gpus, else the nvidia.com/gpu limit that its
+    resources or its pool's defaults set (0 on a CPU pool)."""
+    if spec.gpus is not None:
+        return spec.gpus
+    limit = placement(spec, settings)["resources"].get("limits", {}).get(GPU_RESOURCE, "0")
+    return int(limit) if str(limit).isdigit() else 0
+
+
+def trainer_command(gpus: int, *args: str) -> list[str]:
+    """`paris ...`, or with several GPUs `torchrun --standalone` and one rank per GPU: the
+    ranks rendezvous on the pod's loopback, so the collective never leaves the pod."""
+    if gpus > 1:
+        return ["torchrun", "--standalone", f"--nproc-per-node={gpus}", "-m", "paris", *args]
+    return ["paris", *args]
+
+
 def build_expert_job(
     body: Body, spec: ParisExpertSpec, settings: OperatorSettings, prefix: str | None = None
 ) -> dict[str, Any]:
     """One batch/v1 Job running `paris train expert --cluster K --prefix P` (P: the versioned
-    prefix of the spec's fingerprint, expert_version); the Job's retries are the fault
-    tolerance (each new pod resumes from latest.json there)."""
+    prefix of the spec's fingerprint, expert_version), under torchrun when the pod has several
+    GPUs; the Job's retries are the fault tolerance (each new pod resumes from latest.json
+    there)."""
     lbls = labels(body, "expert", spec.model, cluster=str(spec.cluster))
+    gpus = expert_gpus(spec, settings)
     where = ["--prefix", prefix] if prefix else []
     container = {
         "name": "trainer",
-        "command": ["paris", "train", "expert", "--cluster", str(spec.cluster), *where],
+        "command": trainer_command(gpus, "train", "expert", "--cluster", str(spec.cluster), *where),
         "env": pod_env(expert_run_config(spec, settings), spec.storage, settings),
     }
+    pod = pod_spec(spec, settings, container, restart_policy="Never")
+    if spec.gpus is not None:
+        pod["containers"][0]["resources"].setdefault("limits", {})[GPU_RESOURCE] = str(spec.gpus)
+    if gpus > 1:  # NCCL's shared-memory transport outgrows a container's default 64 MiB /dev/shm
+        pod["containers"][0]["volumeMounts"].append({"name": "dshm", "mountPath": "/dev/shm"})
+        pod["volumes"].append({"name": "dshm", "emptyDir": {"medium": "Memory"}})
     job_spec: dict[str, Any] = {
         "backoffLimit": spec.backoff_limit,
-        "template": {
-            "metadata": {"labels": lbls},
-            "spec": pod_spec(spec, settings, container, restart_policy="Never"),
-        },
+        "template": {"metadata": {"labels": lbls}, "spec": pod},
     }
     if spec.active_deadline_seconds:
         job_spec["activeDeadlineSeconds"] = spec.active_deadline_seconds

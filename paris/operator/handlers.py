@@ -74,6 +74,10 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     # Events only for what the user should see (our transitions, warnings), not every handler run.
     settings.posting.level = logging.WARNING
     settings.watching.server_timeout = 300
+    # The handlers are synchronous and wait on the API and the store, not on the CPU: with the
+    # default pool (CPU count + 4 threads) 200 new ParisExperts queued behind 6 threads
+    # (bench/operator_scale.py, bench/README.md).
+    settings.execution.max_workers = kube.CONNECTIONS
     # kopf puts this finalizer on every resource with a timer, to stop the timer before the
     # resource goes (README, "Deleting resources"). Children need no cleanup of ours: owner
     # references cascade the deletion. While the operator is down a deleted resource waits in
@@ -248,13 +252,14 @@ def reconcile_expert(body: Mapping[str, Any], patch: kopf.Patch, claims: Claims)
         finished = recorded_finish(body.get("status"), job_name, want) or trained_record(
             job_name, want, read.progress, spec.train.steps
         )
+    created = False
     if idle and finished is None and secret_problem is None and problem is None and fp is not None:
         job, created = kube.create_or_get(desired)
         if not builders.owns(body, job):  # a namesake appeared between our get and create
             conflict, job = builders.not_owned(body, job), None
         elif created:
             kopf.event(body, type="Normal", reason="JobCreated", message=f"created Job {job_name}")
-    if job is not None and job_outcome(job)[0] == PENDING:
+    if job is not None and not created and job_outcome(job)[0] == PENDING:  # a Job just made has no pod yet
         pod_problem = _pod_problem(ns, job_name)
     if job is not None and job_outcome(job)[0] == FAILED:
         pod_message = _pod_message(ns, job_name)

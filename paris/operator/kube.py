@@ -18,14 +18,21 @@ from paris.config import API_GROUP, API_VERSION
 _api: client.ApiClient | None = None
 
 
+# As many connections as the handler threads (kopf's execution.max_workers, set in handlers):
+# the client's default pool (5 per CPU) made threads wait for a connection.
+CONNECTIONS = 32
+
+
 def login() -> None:
     """In-cluster credentials in a pod, else $KUBECONFIG / ~/.kube/config."""
     global _api
+    cfg = client.Configuration()
     try:
-        config.load_incluster_config()
-        _api = client.ApiClient()
+        config.load_incluster_config(client_configuration=cfg)
     except config.ConfigException:
-        _api = config.new_client_from_config(config_file=os.environ.get("KUBECONFIG"))
+        config.load_kube_config(config_file=os.environ.get("KUBECONFIG"), client_configuration=cfg)
+    cfg.connection_pool_maxsize = CONNECTIONS
+    _api = client.ApiClient(cfg)
 
 
 def api() -> client.ApiClient:

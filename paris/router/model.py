@@ -24,6 +24,8 @@ from paris.trainer.model import init_dit
 
 
 class ParisRouter(ModelMixin, ConfigMixin):
+    _supports_gradient_checkpointing = True
+
     @register_to_config
     def __init__(
         self,
@@ -38,6 +40,7 @@ class ParisRouter(ModelMixin, ConfigMixin):
         clusters: list[int] | None = None,  # the data cluster of each class; None: class k is cluster k
     ) -> None:
         super().__init__()
+        self.gradient_checkpointing = False
         self.patch = PatchEmbed(sample_size, sample_size, patch_size, in_channels, hidden_size, interpolation_scale=1)
         self.cls = nn.Parameter(torch.zeros(1, 1, hidden_size))
         self.adaln_single = AdaLayerNormSingle(hidden_size)
@@ -84,7 +87,10 @@ class ParisRouter(ModelMixin, ConfigMixin):
             enc = self.caption_projection(text)
             enc_bias = ((1 - text_mask.to(h.dtype)) * -10000.0).unsqueeze(1)  # [B, 1, L]
         for block in self.blocks:
-            h = block(h, encoder_hidden_states=enc, encoder_attention_mask=enc_bias, timestep=t6)
+            if torch.is_grad_enabled() and self.gradient_checkpointing:
+                h = self._gradient_checkpointing_func(block, h, None, enc, enc_bias, t6)
+            else:
+                h = block(h, encoder_hidden_states=enc, encoder_attention_mask=enc_bias, timestep=t6)
         return self.head(h[:, 0])
 
 

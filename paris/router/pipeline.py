@@ -26,7 +26,7 @@ from paris.errors import ParisError
 from paris.router.model import ParisRouter
 from paris.router.routing import guided, mix, routing_weights
 from paris.trainer.loop import attention_backend
-from paris.trainer.model import expert_velocity
+from paris.trainer.model import expert_velocity, text_length
 
 GUIDANCE_ROUTING = ("shared", "separate")  # SampleConfig.guidance_routing
 
@@ -240,6 +240,10 @@ class ParisPipeline(DiffusionPipeline):
         if do_cfg:
             assert null_embeds is not None and null_mask is not None
             branches.append(Branch(null_embeds.expand(b, -1, -1).to(device), null_mask.expand(b, -1).to(device)))
+        # Drop the caption columns no branch attends to (exact, see trim_text): once per call.
+        length = text_length(*(br.mask for br in branches))
+        for br in branches:
+            br.text, br.mask = br.text[:, :length], br.mask[:, :length]
         k_all = cfg_r.num_clusters
         usage = torch.zeros(k_all, dtype=torch.float64)
         calls = [0] * k_all
@@ -247,7 +251,9 @@ class ParisPipeline(DiffusionPipeline):
             for t in self.progress_bar(self.scheduler.timesteps):
                 ts = t.expand(b).to(device)
                 for i, br in enumerate(branches):
-                    if i == 0 or (guidance_routing == "separate" and cfg_r.caption_channels):
+                    if k_all == 1:  # one expert: nothing to route
+                        br.weights = torch.ones(b, 1, device=device)
+                    elif i == 0 or (guidance_routing == "separate" and cfg_r.caption_channels):
                         br.weights = routing_weights(self._route(x, ts, br).softmax(-1), keep)
                     else:
                         br.weights = branches[0].weights

@@ -26,9 +26,10 @@ from paris.plots import accuracy_plot_png, save_loss_plot
 from paris.progress import console
 from paris.storage import Store
 from paris.trainer.checkpoint import checkpoint_fingerprint, fetch_weights
+from paris.trainer.distributed import local_part
 from paris.trainer.flow import interpolate, model_timestep, sample_t
 from paris.trainer.loop import LossFn, TrainResult, attention_backend, resolve_device, train
-from paris.trainer.model import count_params
+from paris.trainer.model import count_params, trim_text
 
 from .model import ParisRouter, build_router
 
@@ -49,11 +50,13 @@ def _inputs(
     replaces those rows' captions with the empty caption."""
     x_t = interpolate(data.latents[idx], eps, t)
     text = mask = None
-    if model.config.caption_channels:
+    router = cast(ParisRouter, getattr(model, "module", model))  # DDP wraps the router in .module
+    if router.config.caption_channels:
         text, mask = data.text_states[idx].float(), data.text_mask[idx].clone()
         if drop is not None:
             rows, null_states, null_mask = drop
             text[rows], mask[rows] = null_states.float(), null_mask
+        text, mask = trim_text(text, mask)  # on the CPU: no device sync
         text, mask = text.to(device), mask.to(device)
     return model(x_t.to(device), model_timestep(t).to(device), text, mask)
 
@@ -80,9 +83,11 @@ def router_loss(
         data, idx = stream.batch(g, b)
         t = sample_t(b, cfg.timestep_sampling, g, cfg.logit_mean, cfg.logit_std, cfg.mode_scale)
         eps = torch.randn(data.latents[idx].shape, generator=g)
-        drop = None
+        rows = torch.zeros(b, dtype=torch.bool)
         if cfg.caption_dropout > 0:
-            drop = ((torch.rand(b, generator=g) < cfg.caption_dropout), *null_text)
+            rows = torch.rand(b, generator=g) < cfg.caption_dropout
+        idx, t, eps, rows = local_part(idx, t, eps, rows)  # this rank's slice of the global batch
+        drop = (rows, *null_text) if cfg.caption_dropout > 0 else None
         logits = _inputs(cast(ParisRouter, model), data, idx, t, eps, device, drop)
         want = data.clusters[idx] if label_of is None else label_of[data.clusters[idx]]
         return F.cross_entropy(logits.float(), want.to(device))
@@ -230,9 +235,10 @@ def train_router(
         result = train(model, loss, tcfg, store, prefix, "router", meta, on_step=stream.at_step)
     finally:
         stream.close()
-    save_loss_plot(store, f"{prefix}/loss.png", {"router": result.history})
-
     acc: list[dict[str, float]] = []
+    if not result.main:  # under torchrun, rank 0 alone scores and writes
+        return result, acc
+    save_loss_plot(store, f"{prefix}/loss.png", {"router": result.history})
     if manifest["holdout"]["size"]:
         holdout = load_split(store, manifest, "holdout", limit=EVAL_SAMPLES)
         holdout = _rows(holdout, torch.isin(holdout.clusters, torch.tensor(clusters)))

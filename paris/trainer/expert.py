@@ -17,9 +17,10 @@ from paris.layout import dataset_prefix, expert_prefix
 from paris.plots import save_loss_plot
 from paris.storage import Store
 from paris.trainer.checkpoint import checkpoint_fingerprint
+from paris.trainer.distributed import local_part
 from paris.trainer.flow import flow_loss, interpolate, model_timestep, sample_t
 from paris.trainer.loop import LossFn, TrainResult, train
-from paris.trainer.model import build_expert, count_params, expert_velocity
+from paris.trainer.model import build_expert, count_params, expert_velocity, trim_text
 
 
 def expert_loss(stream: Batches, null_states: torch.Tensor, null_mask: torch.Tensor, cfg: TrainConfig) -> LossFn:
@@ -32,9 +33,11 @@ def expert_loss(stream: Batches, null_states: torch.Tensor, null_mask: torch.Ten
         text, mask = data.text_states[idx].float(), data.text_mask[idx]
         drop = torch.rand(b, generator=g) < cfg.caption_dropout  # empty caption: learns p(x) for CFG
         text[drop], mask[drop] = null_states, null_mask
+        text, mask = trim_text(text, mask)  # on the CPU: no device sync
         t = sample_t(b, cfg.timestep_sampling, g, cfg.logit_mean, cfg.logit_std, cfg.mode_scale)
         eps = torch.randn(x0.shape, generator=g)
         x_t = interpolate(x0, eps, t)
+        x0, eps, x_t, t, text, mask = local_part(x0, eps, x_t, t, text, mask)  # this rank's slice
         v = expert_velocity(model, x_t.to(device), model_timestep(t).to(device), text.to(device), mask.to(device))
         return flow_loss(v, x0.to(device), eps.to(device))
 
@@ -72,5 +75,6 @@ def train_expert(cfg: RunConfig, cluster: int, store: Store, prefix: str | None 
         )
     finally:
         stream.close()
-    save_loss_plot(store, f"{prefix}/loss.png", {f"expert {cluster}": result.history})
+    if result.main:  # under torchrun, rank 0 alone writes
+        save_loss_plot(store, f"{prefix}/loss.png", {f"expert {cluster}": result.history})
     return result

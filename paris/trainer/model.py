@@ -79,5 +79,30 @@ def expert_velocity(
     return out
 
 
+# Trimmed caption lengths are rounded up to this multiple: a few static shapes for
+# torch.compile (each compiled once, so a resumed run replays the bits of a straight one).
+TEXT_MULTIPLE = 8
+
+
+def text_length(*masks: torch.Tensor, multiple: int = TEXT_MULTIPLE) -> int:
+    """Caption columns up to the last one any row of any mask attends to, rounded up to
+    `multiple` (at most the masks' width)."""
+    width = masks[0].shape[-1]
+    keep = torch.cat([m.reshape(-1, width) for m in masks]).any(0).nonzero()
+    n = int(keep.max()) + 1 if len(keep) else 1
+    return min(width, -(-n // multiple) * multiple)
+
+
+def trim_text(text: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Drop the caption columns that no row attends to (the tokenizer's right padding).
+
+    Cross-attention gives a masked column a -10000 bias, so its softmax weight is exactly 0
+    in fp32: dropping it is the same result for less work (77 CLIP tokens are mostly
+    padding). Reading the mask is a host sync on a GPU: call this where the mask is still
+    on the CPU (the training loss) or once per sampling call."""
+    n = text_length(mask)
+    return text[:, :n], mask[:, :n]
+
+
 def count_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())

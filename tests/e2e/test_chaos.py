@@ -50,11 +50,11 @@ pytestmark = pytest.mark.timeout(1500)
 
 @pytest.fixture
 def chaos_operator(
-    k8s_cluster: Cluster, k8s_namespace: str, own_minio: MinioServer, tmp_path: Path
+    k8s_cluster: Cluster, k8s_namespace: str, own_minio: MinioServer, pod_runtime: str, tmp_path: Path
 ) -> Iterator[Operator]:
     """The operator of `operator`, on the test's own MinIO (which the test may take down)."""
     kubeconfig, role = chart_rbac_kubeconfig(k8s_cluster, k8s_namespace, tmp_path)
-    op = Operator(k8s_cluster, k8s_namespace, own_minio, tmp_path, kubeconfig).start()
+    op = Operator(k8s_cluster, k8s_namespace, own_minio, tmp_path, kubeconfig, pod_runtime).start()
     try:
         yield op
     finally:
@@ -71,7 +71,7 @@ def ready(cluster: Cluster, ns: str, minio: MinioServer, runner: PodRunner, tmp_
     bucket = minio.make_bucket()
     prepare(minio, bucket, tmp_path)
     create_secret(cluster, ns, minio)
-    runner.env.update(pod_env(minio))
+    runner.env.update(pod_env(minio, runner))
     return bucket
 
 

@@ -151,7 +151,7 @@ def test_a_degraded_ensemble_serves_what_it_has_and_rolls_forward_when_the_missi
     bucket = minio_server.make_bucket()
     prepare(minio_server, bucket, tmp_path)
     create_secret(cluster, ns, minio_server)
-    pod_runner.env.update(pod_env(minio_server))
+    pod_runner.env.update(pod_env(minio_server, pod_runner))
 
     def debug() -> str:
         out = cluster.kubectl("get", "paris,jobs,pods,deployments", "-n", ns, "-o", "wide", check=False).stdout
@@ -259,7 +259,7 @@ def test_a_replaced_jobs_successor_starts_only_once_the_old_pod_is_gone(
     bucket = minio_server.make_bucket()
     prepare(minio_server, bucket, tmp_path)
     create_secret(cluster, ns, minio_server)
-    pod_runner.env.update(pod_env(minio_server))
+    pod_runner.env.update(pod_env(minio_server, pod_runner))
     e = expert("long", 0, bucket, steps=2000)
     e["spec"]["train"]["checkpoint_every"] = 20
     assert apply(cluster, ns, [e]).returncode == 0

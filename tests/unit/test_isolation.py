@@ -1,15 +1,17 @@
 """An expert shares nothing: it reads only its cluster's shards, writes only its own prefix,
-and refuses to run inside a torch.distributed process group."""
+and a torch.distributed group may join only the ranks of one expert (data parallel inside
+one expert's pod), never two experts."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
-import pytest
 import torch.distributed as dist
 
 from paris.config import parse_config
 from paris.data.prepare import prepare_dataset
+from paris.errors import TrainingError
 from paris.storage import LocalStore
 from paris.trainer.expert import train_expert
 from tests.helpers import tiny_config
@@ -52,12 +54,57 @@ def test_an_expert_reads_its_cluster_and_writes_its_prefix_only(tmp_path: Path) 
     assert all(k.startswith("models/tiny/experts/1/") for k in store.writes), sorted(store.writes)
 
 
-def test_training_refuses_a_torch_distributed_process_group(tmp_path: Path) -> None:
-    cfg = parse_config(tiny_config(f"file://{tmp_path}"))
-    prepare_dataset(cfg.data, LocalStore(tmp_path))
-    dist.init_process_group("gloo", init_method=f"file://{tmp_path}/pg", rank=0, world_size=1)
+def _rank_trains(rank: int, root: str, clusters: list[int], out: str) -> None:
+    """One rank of a 2-rank gloo group: train expert `clusters[rank]`; record what happened."""
+    import json
+
+    import torch
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{root}/pg", rank=rank, world_size=2)
+    cfg = parse_config(tiny_config(f"file://{root}", data={"clusters": 3}, train={"compile": False}))
+    store = RecordingStore(Path(root))
     try:
-        with pytest.raises(RuntimeError, match=r"must not run under torch\.distributed"):
-            train_expert(cfg, 0, LocalStore(tmp_path))
+        train_expert(cfg, clusters[rank], store)
+        outcome = "trained"
+    except TrainingError as err:
+        outcome = str(err)
     finally:
         dist.destroy_process_group()
+    Path(out, f"rank-{rank}.json").write_text(
+        json.dumps({"outcome": outcome, "reads": sorted(store.reads), "writes": sorted(store.writes)})
+    )
+
+
+def _spawn_two_ranks(root: Path, clusters: list[int]) -> list[dict[str, Any]]:
+    import json
+
+    import torch.multiprocessing as mp
+
+    cfg = parse_config(tiny_config(f"file://{root}", data={"clusters": 3}))
+    prepare_dataset(cfg.data, LocalStore(root))
+    out = root / "ranks"
+    out.mkdir()
+    mp.spawn(_rank_trains, args=(str(root), clusters, str(out)), nprocs=2, join=True)
+    return [json.loads((out / f"rank-{r}.json").read_text()) for r in range(2)]
+
+
+def test_a_process_group_spanning_two_experts_is_refused(tmp_path: Path) -> None:
+    ranks = _spawn_two_ranks(tmp_path, clusters=[0, 1])
+    for r in ranks:
+        assert "spans 2 different models" in r["outcome"], r["outcome"]
+        assert not r["writes"], r["writes"]  # refused before any step or checkpoint
+
+
+def test_the_ranks_of_one_expert_touch_only_that_expert(tmp_path: Path) -> None:
+    # Data parallel inside one expert: the collective joins ranks of expert 1 and nothing else,
+    # each rank reads only expert 1's shards, and only rank 0 writes, under expert 1's prefix.
+    ranks = _spawn_two_ranks(tmp_path, clusters=[1, 1])
+    data = "datasets/digits-mini"
+    allowed = {f"{data}/manifest.json", f"{data}/null_text.safetensors"}
+    for r in ranks:
+        assert r["outcome"] == "trained"
+        for key in set(r["reads"]) - allowed:
+            assert key.startswith((f"{data}/clusters/1/", "models/tiny/experts/1/")), key
+    assert ranks[0]["writes"] and all(k.startswith("models/tiny/experts/1/") for k in ranks[0]["writes"])
+    assert not ranks[1]["writes"], ranks[1]["writes"]

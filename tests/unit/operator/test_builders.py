@@ -392,3 +392,31 @@ def test_ownership_is_the_controller_reference_and_nothing_else(settings: Operat
     assert not builders.owns(body, foreign)
     said = builders.not_owned(router_body(), foreign)
     assert "Deployment ns1/digits-serve" in said and "controlled by nobody" in said and "left alone" in said
+
+
+def test_an_expert_on_several_gpus_runs_torchrun_inside_its_one_pod(settings: OperatorSettings) -> None:
+    job = _expert_job(settings, gpus=4)
+    pod = job["spec"]["template"]["spec"]
+    (c,) = pod["containers"]
+    assert c["command"] == [
+        "torchrun", "--standalone", "--nproc-per-node=4", "-m", "paris", "train", "expert", "--cluster", "3",
+    ]
+    assert c["resources"]["limits"]["nvidia.com/gpu"] == "4"  # the spec's count beats the pool's 1
+    assert {"name": "dshm", "mountPath": "/dev/shm"} in c["volumeMounts"]
+    assert {"name": "dshm", "emptyDir": {"medium": "Memory"}} in pod["volumes"]
+    # One pod (no parallelism, no completions), no rendezvous address: the ranks meet on the
+    # pod's loopback, so the collective exists only inside this expert's pod.
+    assert "parallelism" not in job["spec"] and "completions" not in job["spec"]
+    assert not set(_env(c)) & builders.DISTRIBUTED_ENV
+
+
+def test_the_launcher_follows_the_gpus_the_pod_gets_from_its_pool(settings: OperatorSettings) -> None:
+    s = settings.model_copy(deep=True)
+    s.pools["a40"].resources.limits = {"nvidia.com/gpu": 8}
+    pod = _expert_job(s, resources={})["spec"]["template"]["spec"]
+    assert pod["containers"][0]["command"][:3] == ["torchrun", "--standalone", "--nproc-per-node=8"]
+    one = _expert_job(settings)["spec"]["template"]["spec"]  # the pool's 1 GPU: no launcher
+    assert one["containers"][0]["command"] == ["paris", "train", "expert", "--cluster", "3"]
+    assert all(v["name"] != "dshm" for v in one["volumes"])
+    cpu = _expert_job(settings, pool="cpu", resources={})["spec"]["template"]["spec"]
+    assert cpu["containers"][0]["command"][0] == "paris"

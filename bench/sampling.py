@@ -1,0 +1,227 @@
+"""Routed sampling against one expert sampling the same batch, side by side in one process.
+
+The digits demo's pipeline (examples/digits.yaml: K=4 tiny experts, its caption-aware router,
+8x8x1 latents, MiniLM captions) samples a batch of 16 prompts, 20 Euler steps with CFG, in each routing
+mode; the reference is the same ParisPipeline code with one expert (K=1, where the router is
+not needed and does not run), on the same prompts, noise and steps. Each ratio is routed
+time / one-expert time per round. The router's share of a routed call is measured in a
+separate pass that times `ParisPipeline._route`.
+
+By default the weights are random (the routing then spreads samples over every expert: the
+most expert calls per step); `--pipeline DIR` loads a trained one (e.g. the demo's
+`runs/store/models/digits/pipeline`), whose router concentrates samples by caption.
+
+    python -m bench.sampling                                   # bench/README.md table
+    python -m bench.sampling --pipeline /tmp/perf-store/models/digits/pipeline
+    python -m bench.sampling --device cuda --batch 64
+    python -m bench.sampling --quick                           # seconds; the test runs this
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from diffusers import FlowMatchEulerDiscreteScheduler
+from torch.profiler import ProfilerActivity, profile
+
+from bench.harness import clock_for, fmt_ratio, interleaved, machine, markdown, ratio, write_json
+from paris.config import ExpertModelConfig, RouterModelConfig, load_config, parse_routing
+from paris.evaluate import digit_prompts
+from paris.router.model import build_router
+from paris.router.pipeline import ParisPipeline
+from paris.trainer.model import build_expert
+
+LATENT = {"size": 8, "channels": 1}
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def text_parts(device: torch.device) -> tuple[Any, Any]:
+    from transformers import AutoModel, AutoTokenizer
+
+    from paris.data.encoders import minilm_path
+
+    enc = AutoModel.from_pretrained(minilm_path(), local_files_only=True).eval().to(device)
+    tok = AutoTokenizer.from_pretrained(minilm_path(), local_files_only=True)
+    return enc, tok
+
+
+def random_pipeline(
+    k: int, expert: ExpertModelConfig, router: RouterModelConfig, text: tuple[Any, Any]
+) -> ParisPipeline:
+    """A pipeline of the demo's shapes with random weights (outputs randomized so that the
+    velocities are not all zero)."""
+    experts = {}
+    for i in range(k):
+        e = build_expert(expert, LATENT, 384)
+        torch.nn.init.normal_(e.proj_out.weight, std=0.02)
+        experts[f"expert_{i}"] = e
+    r = build_router(router, k, LATENT, 384)
+    return ParisPipeline(
+        router=r,
+        scheduler=FlowMatchEulerDiscreteScheduler(),
+        text_encoder=text[0],
+        tokenizer=text[1],
+        text_max_length=16,
+        **experts,
+    )
+
+
+def single_expert(pipe: ParisPipeline, k: int = 0) -> ParisPipeline:
+    """The reference: the same pipeline class with expert k alone (no routing to do)."""
+    router = build_router(RouterModelConfig(hidden_size=8, depth=1, heads=1), 1, LATENT, 384)
+    return ParisPipeline(
+        router=router,
+        scheduler=FlowMatchEulerDiscreteScheduler.from_config(pipe.scheduler.config),
+        text_encoder=pipe.text_encoder,
+        tokenizer=pipe.tokenizer,
+        text_max_length=pipe.config.text_max_length,
+        expert_0=pipe.experts[k],
+    )
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--pipeline", type=Path, help="a saved ParisPipeline (default: random weights)")
+    ap.add_argument("--config", type=Path, default=ROOT / "examples/digits.yaml", help="shapes for random weights")
+    ap.add_argument("--batch", type=int, default=16, help="prompts per call (digit captions, cycled)")
+    ap.add_argument("--steps", type=int, help="default: the config's sample.steps")
+    ap.add_argument("--guidance", type=float, help="default: the config's sample.guidance")
+    ap.add_argument("--modes", nargs="+", default=["top1", "top2", "full"])
+    ap.add_argument("--rounds", type=int, default=7)
+    ap.add_argument("--calls", type=int, default=1)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--clock", default="auto", choices=["auto", "cpu", "wall"])
+    ap.add_argument("--profile", type=int, default=0, help="print torch.profiler's top N ops of each mode")
+    ap.add_argument("--quick", action="store_true", help="tiny models, 2 steps, 2 rounds: checks the harness")
+    ap.add_argument("--json", type=Path)
+    args = ap.parse_args(argv)
+    cfg = load_config(args.config)
+    args.steps = args.steps or cfg.sample.steps
+    args.guidance = cfg.sample.guidance if args.guidance is None else args.guidance
+    if args.quick:
+        args.batch, args.steps, args.rounds = 4, 2, 2
+    torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    clock_name, clock = clock_for(device, args.clock)
+
+    if args.pipeline:
+        pipe = ParisPipeline.from_pretrained(args.pipeline)
+    else:
+        expert, router = cfg.expert, cfg.router.model
+        if args.quick:
+            small = {"hidden_size": 32, "depth": 1, "heads": 2}
+            expert, router = expert.model_copy(update=small), router.model_copy(update=small)
+        pipe = random_pipeline(cfg.data.clusters, expert, router, text_parts(device))
+    pipe = pipe.to(device)
+    pipe.set_progress_bar_config(disable=True)
+    k = pipe.router.config.num_clusters
+    one = single_expert(pipe).to(device)
+    one.set_progress_bar_config(disable=True)
+
+    prompts = [p for p, _ in digit_prompts()]
+    prompts = [prompts[i % len(prompts)] for i in range(args.batch)]
+    embeds, mask = pipe.encode_prompt(prompts)
+    null, null_mask = pipe.encode_prompt([""])
+    shape = (args.batch, pipe.router.config.in_channels, pipe.router.config.sample_size, pipe.router.config.sample_size)
+    latents = torch.randn(shape, generator=torch.Generator().manual_seed(0))
+    kw: dict[str, Any] = {
+        "prompt_embeds": embeds,
+        "prompt_mask": mask,
+        "null_embeds": null,
+        "null_mask": null_mask,
+        "num_inference_steps": args.steps,
+        "guidance_scale": args.guidance,
+        "output_type": "pt",
+        "latents": latents,
+    }
+    calls: dict[str, list[int]] = {}
+
+    def call(p: ParisPipeline, routing: str) -> Callable[[], Any]:
+        def run() -> Any:
+            out = p(routing=routing, **kw)
+            calls[routing if p is pipe else "one expert"] = out.expert_calls
+            return out
+
+        return run
+
+    variants = {"one expert (K=1, no router)": call(one, "top1")}
+    variants |= {mode: call(pipe, mode) for mode in args.modes}
+    log = (lambda m: print(m, file=sys.stderr, flush=True)) if not args.quick else None
+    stats = interleaved(variants, args.rounds, args.calls, clock, log=log)
+
+    shares = {mode: router_share(pipe, variants[mode], clock) for mode in args.modes}
+    ref = stats["one expert (K=1, no router)"]
+    results: dict[str, Any] = {"machine": machine(device, clock_name), "args": vars(args) | {"json": None}}
+    rows = []
+    for name, s in stats.items():
+        keep = parse_routing(name) if name in args.modes else 1
+        goal = {1: "≤ 1.10×", 2: "≤ 2.00×"}.get(keep or k, f"≤ {k * 1.05:.2f}× (K × 1.05)")
+        per_step = sum(calls.get(name, calls.get("one expert", [0]))) / args.steps / args.batch
+        rows.append(
+            [
+                name,
+                f"{s.min:.3f} / {s.median:.3f} / {s.max:.3f}",
+                fmt_ratio(ratio(s, ref)),
+                "-" if name not in args.modes else goal,
+                f"{shares[name]:.0%}" if name in shares else "-",
+                f"{per_step:.2f}",
+            ]
+        )
+        results[name] = {"seconds": s, "vs_one_expert": ratio(s, ref), "router_share": shares.get(name)}
+    if args.pipeline:
+        source = str(args.pipeline)
+    else:
+        h, d, _ = cfg.router.model.arch()
+        source = f"random weights, K={k}, {args.config.name} shapes (router hidden {h}, depth {d})"
+    title = (
+        f"routed sampling, {source}: batch {args.batch}, {args.steps} steps, CFG {args.guidance} "
+        f"(both branches in one expert batch)"
+    )
+    headers = ["variant", "s/call min / median / max", "time vs one expert", "goal", "router share"]
+    headers.append("experts/sample/step")
+    print(f"machine: {results['machine'].line()}\n\n#### {title}\n\n{markdown(headers, rows)}")
+    if args.profile:
+        for name, fn in variants.items():
+            fn()
+            with profile(activities=[ProfilerActivity.CPU]) as p:
+                fn()
+            top = p.key_averages().table(sort_by="self_cpu_time_total", row_limit=args.profile)
+            print(f"\n## torch.profiler: {name}\n{top}")
+    write_json(args.json, results)
+    return results
+
+
+def router_share(pipe: ParisPipeline, fn: Callable[[], Any], clock: Callable[[], float]) -> float:
+    """Share of one call's time spent in the router (its own pass, so the timing wrapper
+    does not touch the interleaved figures)."""
+    spent = [0.0]
+    original = pipe._route
+
+    def timed(*a: Any, **k: Any) -> torch.Tensor:
+        t0 = clock()
+        out = original(*a, **k)
+        spent[0] += clock() - t0
+        return out
+
+    pipe._route = timed  # type: ignore[method-assign]
+    try:
+        best = float("inf")
+        for _ in range(3):
+            spent[0] = 0.0
+            t0 = clock()
+            fn()
+            total = clock() - t0
+            best = min(best, spent[0] / total)
+    finally:
+        del pipe._route
+    return best
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,156 @@
+"""One optimizer step of the shared training loop, and the choices that make it fast.
+
+Every choice below was measured one at a time against diffusers' DiT and paris's previous
+step (bench/train_step.py; the figures are in bench/README.md):
+
+- precision: bf16 autocast where the device has a bf16 unit (paris.devices);
+- attention: a kernel per device and fused q/k/v projections (paris.trainer.attention);
+- `torch.compile` of each transformer block ("regional" compilation: identical blocks share
+  one compiled graph, so compiling costs one block, not the whole depth);
+- fused AdamW and a foreach EMA update;
+- no host sync: the loss stays on the device; the loop reads it every `log_every` steps;
+- TF32 on CUDA; gradient checkpointing as an option for large presets (memory, not speed).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from contextlib import nullcontext
+from dataclasses import dataclass, replace
+from typing import Any, cast
+
+import torch
+from diffusers.models.attention import BasicTransformerBlock
+from diffusers.optimization import get_scheduler
+from diffusers.training_utils import EMAModel
+from torch.nn.parallel import DistributedDataParallel
+
+from paris.config import TrainConfig
+from paris.devices import enable_tf32
+from paris.trainer.attention import Kernel, default_kernel, set_attention
+
+LossFn = Callable[[torch.nn.Module, torch.Generator, torch.device], torch.Tensor]
+
+
+def step_generator(seed: int, step: int, micro: int = 0) -> torch.Generator:
+    return torch.Generator().manual_seed(seed * 1_000_003 + step * 1_009 + micro)
+
+
+@dataclass(frozen=True)
+class StepOptions:
+    """How a step runs; `for_config` gives the defaults, the benchmark turns them one by one."""
+
+    amp: torch.dtype | None  # autocast dtype; None = fp32
+    attention: Kernel | None  # None: leave diffusers' own processor
+    fuse_projections: bool
+    fused_optimizer: bool
+    compile: bool
+    gradient_checkpointing: bool = False
+
+    @classmethod
+    def for_config(cls, cfg: TrainConfig, device: torch.device, amp: torch.dtype | None) -> StepOptions:
+        return cls(
+            amp=amp,
+            attention=default_kernel(device, amp),
+            fuse_projections=True,
+            fused_optimizer=device.type in ("cpu", "cuda"),
+            compile=cfg.compile and device.type in ("cpu", "cuda"),
+            gradient_checkpointing=cfg.gradient_checkpointing,
+        )
+
+    @classmethod
+    def baseline(cls, amp: torch.dtype | None) -> StepOptions:
+        """paris's step before this module: diffusers' SDPA processor, foreach AdamW, eager."""
+        return cls(amp=amp, attention=None, fuse_projections=False, fused_optimizer=False, compile=False)
+
+    def but(self, **changes: Any) -> StepOptions:
+        return replace(self, **changes)
+
+
+def compile_blocks(model: torch.nn.Module) -> int:
+    """Compile every transformer block in place (state_dict keys unchanged); returns how many.
+
+    Static shapes only: each caption length (a multiple of paris.trainer.model.TEXT_MULTIPLE)
+    gets its own graph, compiled the same way whenever it first appears, so a run resumed
+    mid-way computes with the very kernels of an uninterrupted one (a dynamic-shape graph
+    would depend on which lengths came first)."""
+    import torch._dynamo.config as dynamo_config
+
+    dynamo_config.recompile_limit = max(dynamo_config.recompile_limit, 32)
+    n = 0
+    for m in model.modules():
+        if isinstance(m, BasicTransformerBlock):
+            m.compile(dynamic=False)
+            n += 1
+    return n
+
+
+def prepare_model(model: torch.nn.Module, device: torch.device, options: StepOptions) -> torch.nn.Module:
+    """Move `model` to `device` and apply the options that change how it computes."""
+    enable_tf32(device)
+    model.to(device).train()
+    if options.attention is not None:
+        set_attention(model, options.attention, options.fuse_projections)
+    if options.gradient_checkpointing:
+        cast(Any, model).enable_gradient_checkpointing()
+    if options.compile:
+        compile_blocks(model)
+    return model
+
+
+class TrainStep:
+    """forward + backward (grad_accum micro-batches) + clip + AdamW + LR schedule + EMA.
+
+    Returns the step's loss as a detached device tensor: reading it is the caller's choice
+    (and a host sync on a GPU)."""
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        cfg: TrainConfig,
+        device: torch.device,
+        options: StepOptions,
+        ddp: DistributedDataParallel | None = None,
+    ) -> None:
+        self.model = model
+        self.cfg = cfg
+        self.device = device
+        self.options = options
+        self.forward_model: torch.nn.Module = ddp if ddp is not None else model
+        self.ddp = ddp
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        fused = options.fused_optimizer
+        self.optimizer = torch.optim.AdamW(
+            self.params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=fused or None, foreach=False if fused else None
+        )
+        self.lr_sched = get_scheduler("constant_with_warmup", self.optimizer, num_warmup_steps=cfg.warmup_steps)
+        self.ema = EMAModel(
+            model.parameters(),
+            decay=cfg.ema_decay,
+            foreach=options.fused_optimizer,
+            model_cls=type(model),
+            model_config=cast(Any, model).config,
+        )
+
+    def autocast(self) -> Any:
+        amp = self.options.amp
+        return torch.autocast(self.device.type, dtype=amp or torch.float32, enabled=amp is not None)
+
+    def __call__(self, loss_fn: LossFn, step: int) -> torch.Tensor:
+        cfg = self.cfg
+        total = torch.zeros((), device=self.device)
+        for micro in range(cfg.grad_accum):
+            g = step_generator(cfg.seed, step, micro)
+            last = micro == cfg.grad_accum - 1
+            sync = nullcontext() if self.ddp is None or last else self.ddp.no_sync()
+            with sync:
+                with self.autocast():
+                    loss = loss_fn(self.forward_model, g, self.device) / cfg.grad_accum
+                loss.backward()
+            total += loss.detach()
+        torch.nn.utils.clip_grad_norm_(self.params, cfg.max_grad_norm, foreach=self.options.fused_optimizer)
+        self.optimizer.step()
+        self.lr_sched.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.ema.step(self.model.parameters())
+        return total
