@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from paris.trainer.hardware import cpu_autocast_dtype, parse_cpuinfo
+from paris.devices import cpu_autocast_dtype, parse_cpuinfo
 
 ROOT = Path(__file__).resolve().parents[2]
 
