@@ -126,10 +126,14 @@ class TextEncoderConfig(_Model):
         "minilm", description="minilm: all-MiniLM-L6-v2 shipped in a pip package (offline); open_clip"
     )
     model: str = Field(
-        "ViT-L-14", description="open_clip: an architecture name open_clip ships, or a local model-config .json"
+        "ViT-L-14",
+        description="open_clip: an architecture name open_clip ships, or a model-config .json (local path or "
+        "s3://bucket/key on the storage's server)",
     )
     pretrained: str | None = Field(
-        None, description="open_clip: local checkpoint file; None = random init (tests only)"
+        None,
+        description="open_clip: checkpoint file, a local path or s3://bucket/key on the storage's server; "
+        "None = random init (tests only)",
     )
     max_length: int = Field(77, ge=4, le=512, description="Token states kept per caption")
 
@@ -142,10 +146,13 @@ class FeatureConfig(_Model):
     )
     path: str | None = Field(
         None,
-        description="dinov2: local transformers model dir; open_clip: local checkpoint file (unset: random)",
+        description="dinov2: transformers model dir; open_clip: checkpoint file (unset: random). A local path or "
+        "s3://bucket/key on the storage's server",
     )
     model: str = Field(
-        "ViT-L-14", description="open_clip: an architecture name open_clip ships, or a local model-config .json"
+        "ViT-L-14",
+        description="open_clip: an architecture name open_clip ships, or a model-config .json (local path or "
+        "s3://bucket/key on the storage's server)",
     )
     pca_dim: int = Field(32, ge=2, le=1024, description="PCA dimensions before k-means")
 
@@ -158,7 +165,11 @@ class DataConfig(_Model):
     )
     image_size: int = Field(8, ge=4, le=1024, description="Pixels per side (digits: native 8)")
     grayscale: bool | None = Field(None, description="Single-channel images; default: true for digits")
-    vae: str | None = Field(None, description="Local AutoencoderKL dir; unset = pixel space")
+    vae: str | None = Field(
+        None,
+        description="AutoencoderKL dir (save_pretrained's), a local path or s3://bucket/key on the storage's "
+        "server; unset = pixel space",
+    )
     text_encoder: TextEncoderConfig = Field(default_factory=TextEncoderConfig)
     features: FeatureConfig = Field(default_factory=FeatureConfig)
     clusters: int = Field(4, ge=1, le=1024, description="K: number of clusters = experts")
@@ -200,6 +211,11 @@ class DataConfig(_Model):
     device: str = Field("auto", description="Encoders' device: auto (CUDA when present), cpu, cuda, cuda:N or mps")
     mixed_precision: Literal["auto", "no", "bf16", "fp16"] = Field(
         "auto", description="Encoders' autocast: auto = bf16 where the device runs it fast"
+    )
+    weights_cache: str | None = Field(
+        None,
+        description="Local folder where encoder weights given as s3:// are downloaded, and reused while the "
+        "stored files are unchanged; default: $XDG_CACHE_HOME/paris/weights (~/.cache/paris/weights)",
     )
 
     @property

@@ -449,6 +449,18 @@ class S3Store(Store):
     def keys(self, prefix: str) -> list[str]:
         return sorted(self._retry(f"list {prefix}", lambda: list(self._iter(prefix))))
 
+    def etags(self, prefix: str) -> dict[str, str]:
+        """Every key below prefix with its ETag, which changes when the object does (a cached
+        copy is checked against it: paris.data.weights)."""
+        full = self._key(prefix)
+        strip = len(self.prefix) + 1 if self.prefix else 0
+
+        def listing() -> dict[str, str]:
+            objects = self.client.list_objects(self.bucket, prefix=full, recursive=True)
+            return {o.object_name[strip:]: str(o.etag) for o in objects if o.object_name is not None}
+
+        return self._retry(f"list {prefix}", listing)
+
     def uri(self, key: str = "") -> str:
         base = f"s3://{self.bucket}/{self.prefix}".rstrip("/")
         return f"{base}/{key}" if key else base

@@ -37,3 +37,17 @@ def tiny_open_clip(folder: Path, name: str = "paris-tiny-clip") -> Path:
         "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
     }))
     return path
+
+
+def tiny_open_clip_checkpoint(config: Path, path: Path, seed: int = 1) -> Path:
+    """Random weights of the model `config` describes, as the safetensors checkpoint that
+    `pretrained:` takes (a seed other than the random init's, so loading it shows)."""
+    import open_clip
+    import torch
+    from safetensors.torch import save_file
+
+    open_clip.add_model_config(str(config))
+    torch.manual_seed(seed)
+    model = open_clip.create_model(config.stem, pretrained=None)
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
+    return path

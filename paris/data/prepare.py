@@ -36,7 +36,7 @@ def _worker_init(threads: int) -> None:
 
 
 def _worker_unit(cfg: DataConfig, store: Store, stage: str, index: int) -> dict[str, Any]:
-    enc = _encoders.get(fingerprint(cfg)) or _encoders.setdefault(fingerprint(cfg), Encoders(cfg))
+    enc = _encoders.get(fingerprint(cfg)) or _encoders.setdefault(fingerprint(cfg), Encoders(cfg, store))
     return run_unit(cfg, store, stage, index, enc)
 
 
@@ -112,7 +112,7 @@ def prepare_dataset(cfg: DataConfig, store: Store, workers: int = 1) -> dict[str
         plan = make_plan(cfg, store, reset=True)
     n = plan.indexes
     console.print(f"preparing {cfg.name!r}: {len(plan.parts)} input parts in {n} indexes, {workers} worker(s)")
-    enc = Encoders(cfg)  # loads each model on first use only: the cluster unit loads none
+    enc = Encoders(cfg, store)  # loads each model on first use only: the cluster unit loads none
     pool = _Workers(workers) if workers > 1 and n > 1 else None
     try:
         run_stage(cfg, store, "features", n, pool, enc)

@@ -46,7 +46,7 @@ INDEXED = ("features", "encode")
 T = TypeVar("T")
 
 # Settings that change how fast preparation runs, not what it produces.
-_EXECUTION_ONLY = {"device", "batch_size"}
+_EXECUTION_ONLY = {"device", "batch_size", "weights_cache"}
 
 
 def fingerprint(cfg: DataConfig) -> str:
@@ -395,6 +395,6 @@ def run_unit(
     if stage in INDEXED:
         if index is None:
             raise DataError(f"stage {stage!r} needs an index (--index or $JOB_COMPLETION_INDEX)")
-        enc = enc or Encoders(cfg)
+        enc = enc or Encoders(cfg, store)
         return run_features(cfg, store, index, enc) if stage == "features" else run_encode(cfg, store, index, enc)
     return run_cluster(cfg, store) if stage == "cluster" else run_finalize(cfg, store)

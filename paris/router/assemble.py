@@ -17,8 +17,9 @@ from typing import Any
 from diffusers import FlowMatchEulerDiscreteScheduler, PixArtTransformer2DModel
 
 from paris.config import ExpertModelConfig, RouterModelConfig, RunConfig
-from paris.data.encoders import minilm_path
+from paris.data.encoders import minilm_path, open_clip_files
 from paris.data.shards import load_manifest
+from paris.data.weights import Weights
 from paris.errors import ParisError, StorageError
 from paris.fingerprint import Fingerprint
 from paris.layout import expert_prefix, pipeline_pointer, pipeline_prefix, pipeline_versions, router_prefix
@@ -56,6 +57,9 @@ def build_pipeline(
             f"the router at {store.uri(router_at)} routes over clusters {routed}, not the experts' "
             f"{sorted(at)}: train the router over these experts first"
         )
+    # The encoders the data was prepared with, by the manifest's settings: s3:// weights are
+    # fetched from this store's server (this may be a router pod on another machine).
+    weights = Weights(store, cfg.data.weights_cache)
     text_encoder = tokenizer = vae = None
     if manifest["text"]["kind"] == "minilm":
         from transformers import AutoModel, AutoTokenizer
@@ -65,11 +69,14 @@ def build_pipeline(
     elif manifest["text"]["kind"] == "open_clip":
         from .text import OpenClipTextModel  # carries its own tokenizer
 
-        text_encoder = OpenClipTextModel.from_local(manifest["text"]["model"], manifest["text"].get("pretrained"))
+        text = manifest["text"]
+        settings = ("data.text_encoder.model", "data.text_encoder.pretrained")
+        model, pretrained = open_clip_files(text["model"], text.get("pretrained"), weights, settings)
+        text_encoder = OpenClipTextModel.from_local(model, pretrained)
     if manifest["latent"]["space"] == "vae":
         from diffusers import AutoencoderKL
 
-        vae = AutoencoderKL.from_pretrained(manifest["latent"]["vae"], local_files_only=True)
+        vae = AutoencoderKL.from_pretrained(weights.local(manifest["latent"]["vae"], "data.vae"), local_files_only=True)
     return ParisPipeline(
         router=router,
         scheduler=FlowMatchEulerDiscreteScheduler(shift=cfg.sample.shift),
