@@ -231,6 +231,40 @@ def read_shard_file(path: Path, where: str) -> ShardSet:
     return ShardSet(t["latents"], t["text_states"], t["text_mask"], t["labels"], t["clusters"], captions, keys)
 
 
+MAX_HEADER = 100 * 2**20  # safetensors' own limit on a header's size
+
+
+def _read_exactly(f: IO[bytes], n: int, where: str) -> bytes:
+    data = b""
+    while len(data) < n:
+        chunk = f.read(n - len(data))
+        if not chunk:
+            raise DataError(f"corrupted shard {where}: it ends inside its header")
+        data += chunk
+    return data
+
+
+def read_captions(store: Store, root: str, info: dict[str, Any]) -> list[str]:
+    """A part's captions, from its header alone: the 8-byte length and the JSON header that
+    follows are streamed from the store and the tensors never are, so this costs one header,
+    not the part's latents and token states. No checksum (that needs every byte of the
+    file); a damaged header still fails with the part's name."""
+    key = f"{root}/{info['key']}" if root else info["key"]
+    where = store.uri(key)
+    with store.open_read(key) as f:
+        (n,) = struct.unpack("<Q", _read_exactly(f, 8, where))
+        if n > MAX_HEADER:
+            raise DataError(f"corrupted shard {where}: a header of {n} bytes")
+        raw = _read_exactly(f, n, where)
+    try:
+        captions = json.loads(json.loads(raw)["__metadata__"]["captions"])
+    except (ValueError, KeyError, TypeError) as err:
+        raise DataError(f"corrupted shard {where}: no captions in its header ({err})") from None
+    if not isinstance(captions, list) or not all(isinstance(c, str) for c in captions):
+        raise DataError(f"corrupted shard {where}: its captions are not a list of strings")
+    return captions
+
+
 def read_shard(store: Store, root: str, info: dict[str, Any]) -> ShardSet:
     with tempfile.TemporaryDirectory(prefix="paris-shard-") as tmp:
         local = fetch_shard(store, root, info, Path(tmp) / "part.safetensors")

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from typing import Any
 
@@ -11,10 +12,10 @@ import torch
 
 from paris.config import RunConfig, SampleConfig
 from paris.data.encoders import tensor_to_images
-from paris.data.shards import load_manifest, load_split
+from paris.data.shards import load_manifest, load_split, read_captions, split_shards
 from paris.errors import DataError
 from paris.evaluate import DigitsJudge, digit_prompts
-from paris.layout import router_prefix, samples_prefix
+from paris.layout import dataset_prefix, router_prefix, samples_prefix
 from paris.plots import grid, png_bytes
 from paris.progress import console
 from paris.storage import Store
@@ -49,17 +50,39 @@ def sample_prompts(
 
 
 DEFAULT_PROMPTS = 8
+PROMPT_PARTS = 16  # part files whose captions default_prompts reads, at most
 
 
 def default_prompts(store: Store, manifest: dict[str, Any], seed: int, n: int = DEFAULT_PROMPTS) -> list[str]:
     """Distinct captions of held-out images (or, with no held-out split, of cluster 0): what
-    the data is about, so a dataset without `sample.prompts` still gets meaningful grids."""
+    the data is about, so a dataset without `sample.prompts` still gets meaningful grids.
+
+    Bounded at any dataset size: only the caption headers of at most PROMPT_PARTS parts
+    (drawn by the seed) are read, one at a time, and only the n distinct captions with the
+    smallest hash of (seed, caption) are kept, which is a uniform draw of n distinct captions
+    of those parts that does not depend on the order they are read in."""
     split: int | str = "holdout" if manifest["holdout"]["size"] else 0
-    captions = sorted({c for c in load_split(store, manifest, split).captions if c.strip()})
-    if not captions:
+    infos = split_shards(manifest, split)
+    if len(infos) > PROMPT_PARTS:
+        chosen = np.random.default_rng(seed).choice(len(infos), PROMPT_PARTS, replace=False)
+        infos = [infos[i] for i in sorted(chosen)]
+    root = dataset_prefix(manifest["name"])
+    kept: dict[str, int] = {}
+    for info in infos:
+        for caption in read_captions(store, root, info):
+            if caption in kept or not caption.strip():
+                continue
+            score = int.from_bytes(hashlib.blake2b(f"{seed}\0{caption}".encode(), digest_size=8).digest(), "little")
+            if len(kept) < n:
+                kept[caption] = score
+            else:
+                worst = max(kept, key=kept.__getitem__)
+                if score < kept[worst]:
+                    del kept[worst]
+                    kept[caption] = score
+    if not kept:
         raise DataError(f"dataset {manifest['name']!r} has no captions to sample: set sample.prompts")
-    pick = np.random.default_rng(seed).permutation(len(captions))[:n]
-    return [captions[i] for i in sorted(pick)]
+    return sorted(kept)
 
 
 def grid_png(images: torch.Tensor, cols: int) -> bytes:
