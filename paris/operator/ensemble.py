@@ -16,7 +16,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from paris.config import ParisExpertSpec, ParisRouterSpec
+from paris.config import DataConfig, ParisExpertSpec, ParisRouterSpec
 
 from .builders import expert_store_prefix
 
@@ -70,7 +70,25 @@ def _current(expert: Mapping[str, Any]) -> tuple[str, str]:
     return str(st.get("phase") or "Pending"), str(st.get("message") or "")
 
 
-def ensemble(router: ParisRouterSpec, experts: Sequence[Mapping[str, Any]]) -> Ensemble:
+def dataset_of(spec: ParisExpertSpec, datasets: Mapping[str, Mapping[str, Any] | None]) -> str | None:
+    """The data name an expert trains on: its named ParisDataset's (whose data section replaces
+    the expert's own), or its own. None while that ParisDataset is missing: the expert waits
+    for it, and its name is not known yet."""
+    if spec.dataset is None:
+        return spec.data.name
+    found = datasets.get(spec.dataset)
+    if found is None:
+        return None
+    data = (found.get("spec") or {}).get("data") or {}
+    return str(data.get("name") or DataConfig.model_fields["name"].default)
+
+
+def ensemble(
+    router: ParisRouterSpec,
+    experts: Sequence[Mapping[str, Any]],
+    datasets: Mapping[str, Mapping[str, Any] | None] | None = None,
+) -> Ensemble:
+    """`datasets`: the ParisDatasets the experts name, by name (None: not found)."""
     names = sorted(e["metadata"]["name"] for e in experts)
     ens = Ensemble(names, router.experts.count or len(names))
     if not experts:
@@ -87,8 +105,9 @@ def ensemble(router: ParisRouterSpec, experts: Sequence[Mapping[str, Any]]) -> E
             continue
         if spec.model != router.model:
             problems.append(f"{name} trains model {spec.model}, not the router's {router.model}")
-        if spec.data.name != router.data.name:
-            problems.append(f"{name} trains on dataset {spec.data.name}, not the router's {router.data.name}")
+        data = dataset_of(spec, datasets or {})
+        if data is not None and data != router.data.name:
+            problems.append(f"{name} trains on dataset {data}, not the router's {router.data.name}")
         if spec.storage.uri != router.storage.uri:
             problems.append(f"{name} stores into {spec.storage.uri}, not the router's {router.storage.uri}")
         by_cluster.setdefault(spec.cluster, []).append(name)

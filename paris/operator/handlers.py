@@ -327,7 +327,9 @@ def reconcile_router(body: Mapping[str, Any], patch: kopf.Patch) -> None:
         facts = RouterFacts(generation, Ensemble([], 1), invalid_spec=describe_errors(err, "spec"))
         _apply(body, patch, router_status(body.get("status"), facts))
         return
-    ens = ensemble(spec, _selected_experts(ns, spec))
+    experts = _selected_experts(ns, spec)
+    named = sorted({str(e["spec"]["dataset"]) for e in experts if (e.get("spec") or {}).get("dataset")})
+    ens = ensemble(spec, experts, {d: kube.get_dataset(ns, d) for d in named})
     use = ens.use()
     st = spec.storage
     creds, secret_problem = kube.read_secret_keys(

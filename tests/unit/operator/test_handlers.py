@@ -83,6 +83,9 @@ class FakeKube:
     def list_experts(self, ns: str, selector: str | None = None) -> list[dict[str, Any]]:
         return self.experts
 
+    def get_dataset(self, ns: str, name: str) -> dict[str, Any] | None:
+        return self.get("ParisDataset", ns, name)
+
 
 def manifest(again: bool = False) -> dict[str, Any]:
     """A prepared dataset's manifest: 8 clusters, one part each."""
@@ -458,6 +461,26 @@ def test_a_selection_mixing_models_or_repeating_a_cluster_trains_nothing(kube: F
     st = reconcile(handlers.reconcile_router, body)
     assert st["reason"] == "InvalidSelection" and "model other" in st["message"]
     assert not [k for k in kube.objects if k[0] == "Job"]
+
+
+def test_experts_that_name_a_dataset_are_judged_by_that_datasets_data(kube: FakeKube) -> None:
+    """An expert naming a ParisDataset trains on its data (the expert's own data section, left
+    at its default, is replaced), so the router compares the dataset's data name."""
+    _creds(kube)
+    for name, data in (("sq", "squares"), ("other", "circles")):
+        spec = {"storage": {"uri": "s3://paris"}, "data": {"name": data, "source": "webdataset", "path": "s3://paris/x"}}
+        kube.objects[("ParisDataset", "ns1", name)] = {"metadata": {"name": name, "namespace": "ns1"}, "spec": spec}
+    store = {"uri": "s3://paris", "secretName": "paris-s3"}
+    body = router_body(storage=store, experts={"names": ["e0", "e1"]}, data={"name": "squares"})
+    kube.experts = [ready_expert(0, dataset="sq"), ready_expert(1, dataset="sq")]
+    st = reconcile(handlers.reconcile_router, body)
+    assert st.get("reason") != "InvalidSelection", st.get("message")
+    assert st["expertsReady"] == "2/2" and [k for k in kube.objects if k[0] == "Job"]
+
+    kube.experts = [ready_expert(0, dataset="sq"), ready_expert(1, dataset="other")]
+    body = router_body(storage=store, experts={"names": ["e0", "e1"]}, data={"name": "squares"})
+    st = reconcile(handlers.reconcile_router, body)
+    assert st["reason"] == "InvalidSelection" and "e1 trains on dataset circles" in st["message"]
 
 
 def test_a_degraded_router_serves_what_it_has_then_rolls_forward(kube: FakeKube) -> None:
