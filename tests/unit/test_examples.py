@@ -63,3 +63,21 @@ def test_the_k8s_parisdataset_prepares_what_the_k8s_dataset_config_does() -> Non
     (doc,) = [d for _, d in manifests() if d["kind"] == "ParisDataset"]
     spec = ParisDatasetSpec.model_validate(doc["spec"])
     assert spec.data == data
+
+
+def test_the_paper_example_is_valid_and_its_weights_are_in_its_store() -> None:
+    """examples/paper/k8s.yaml: a cluster's pods share only the store, so every encoder's
+    weights are s3:// in the resources' bucket, and the router assembles the pipeline with the
+    encoders the dataset was prepared with."""
+    docs = [d for d in yaml.safe_load_all((REPO / "examples" / "paper" / "k8s.yaml").read_text()) if d]
+    specs = [SPECS[d["kind"]].model_validate(d["spec"]) for d in docs]
+    (dataset,) = [s for s in specs if isinstance(s, ParisDatasetSpec)]
+    (router,) = [s for s in specs if isinstance(s, ParisRouterSpec)]
+    experts = [s for s in specs if isinstance(s, ParisExpertSpec)]
+    assert router.data == dataset.data
+    assert sorted(e.cluster for e in experts) == list(range(dataset.data.clusters))
+    assert {e.dataset for e in experts} == {"paper"} and {e.model for e in experts} == {router.model}
+    data = dataset.data
+    assert (data.vae, data.features.kind, data.text_encoder.kind) != (None, "pixels", "minilm")
+    weights = [data.vae, data.features.path, data.text_encoder.pretrained]
+    assert all(w and w.startswith(dataset.storage.uri + "/") for w in weights), weights
