@@ -276,6 +276,18 @@ class RouterModelConfig(_Arch):
     )
 
 
+def weights_settings(data: DataConfig) -> dict[str, str]:
+    """The data settings that name model weights (a path or a store URI), by their config key."""
+    refs = {
+        "vae": data.vae,
+        "features.path": data.features.path,
+        "features.model": data.features.model if data.features.model.endswith(".json") else None,
+        "text_encoder.model": data.text_encoder.model if data.text_encoder.model.endswith(".json") else None,
+        "text_encoder.pretrained": data.text_encoder.pretrained,
+    }
+    return {k: v for k, v in refs.items() if v}
+
+
 def check_patch_sizes(data: DataConfig, *models: _Arch) -> None:
     """In pixel space the latent size is the image size, so a patch that does not divide it is
     a config mistake caught before any work (with a VAE, once the VAE's factor is known)."""
@@ -396,6 +408,16 @@ class RunConfig(_Model):
     @model_validator(mode="after")
     def _patches_fit(self) -> RunConfig:
         check_patch_sizes(self.data, self.expert, self.router.model)
+        return self
+
+    @model_validator(mode="after")
+    def _store_weights_need_the_store(self) -> RunConfig:
+        """Weights in s3:// are read from the storage's server: caught here, not at the first
+        encoder load after the input has been listed."""
+        if not self.storage.uri.startswith("s3://"):
+            for setting, ref in weights_settings(self.data).items():
+                if ref.startswith("s3://"):
+                    raise ValueError(f"data.{setting} {ref!r} is in s3://, which needs s3:// storage (the same server)")
         return self
 
 

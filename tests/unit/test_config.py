@@ -28,6 +28,15 @@ def test_shape_and_device_mistakes_are_config_errors(over: dict, needle: str) ->
         parse_config(tiny_config("file:///tmp/s", **over))
 
 
+def test_weights_in_the_store_need_s3_storage() -> None:
+    with pytest.raises(ConfigError, match=r"data\.vae 's3://b/vae' is in s3://, which needs s3:// storage"):
+        parse_config(tiny_config("file:///tmp/s", data={"vae": "s3://b/vae"}))
+    with pytest.raises(ConfigError, match=r"data\.text_encoder\.pretrained"):
+        parse_config(tiny_config("file:///tmp/s", data={"text_encoder": {"kind": "open_clip", "pretrained": "s3://b/c"}}))
+    cfg = parse_config(tiny_config("s3://b", data={"vae": "s3://b/vae", "features": {"kind": "dinov2", "path": "s3://b/d"}}))
+    assert cfg.data.vae == "s3://b/vae"
+
+
 def test_valid_devices_pass() -> None:
     for device in ("auto", "cpu", "cuda", "cuda:3", "mps"):
         parse_config(tiny_config("file:///tmp/s", train={"device": device}))
