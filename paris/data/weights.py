@@ -83,6 +83,8 @@ class Weights:
             else:
                 src.download_dir(key, tmp / name)
             (tmp / MARKER).write_text(json.dumps({"ref": ref, "etags": want}, sort_keys=True))
+            if _cached(root, want):  # another process fetched the same meanwhile: it may be loading it
+                return root / name
             if root.exists():  # an outdated copy: out of the way first (a rename onto it would fail)
                 stale = Path(tempfile.mkdtemp(prefix=".stale-", dir=self.cache))
                 with contextlib.suppress(OSError):  # another process moved it meanwhile

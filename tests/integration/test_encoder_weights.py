@@ -5,10 +5,13 @@ local paths."""
 from __future__ import annotations
 
 import io
+import multiprocessing
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import pytest
 import torch
+from diffusers import AutoencoderKL
 from PIL import Image
 
 from paris.config import DataConfig, FeatureConfig, StorageConfig, TextEncoderConfig
@@ -60,6 +63,25 @@ def test_a_folder_of_weights_is_fetched_once_and_again_only_when_it_changes(
     again = Path(weights.local(uri, "data.vae"))
     assert again == local and (again / "extra.json").read_bytes() == changed
     assert [p.name for p in (tmp_path / "cache").iterdir()] == [local.parent.name], "no temporary or stale copy left"
+
+
+def _fetch_and_load(store: S3Store, uri: str, cache: Path) -> Path:
+    local = Path(Weights(store, cache).local(uri, "data.vae"))
+    AutoencoderKL.from_pretrained(local, local_files_only=True)  # complete, and still there
+    return local
+
+
+def test_processes_fetching_the_same_weights_at_once_all_get_a_complete_copy(
+    s3: S3Store, minio_server: MinioServer, tmp_path: Path
+) -> None:
+    """As pods sharing a cache (or `paris data prepare --workers N`) do: nobody loads a copy
+    that another one is still writing or moving away."""
+    vae = tiny_models.tiny_vae(tmp_path / "vae")
+    uri = upload(minio_server, s3.bucket, "weights/vae", vae)
+    cache = tmp_path / "cache"
+    with ProcessPoolExecutor(3, mp_context=multiprocessing.get_context("spawn")) as pool:
+        paths = set(pool.map(_fetch_and_load, [s3] * 3, [uri] * 3, [cache] * 3))
+    assert len(paths) == 1 and [p.name for p in cache.iterdir()] == [next(iter(paths)).parent.name]
 
 
 def test_prepare_encoders_load_vae_dinov2_and_open_clip_from_the_store(
