@@ -56,7 +56,8 @@ def random_pipeline(
     k: int, expert: ExpertModelConfig, router: RouterModelConfig, text: tuple[Any, Any]
 ) -> ParisPipeline:
     """A pipeline of the demo's shapes with random weights (outputs randomized so that the
-    velocities are not all zero)."""
+    velocities are not all zero), seeded: the same routing in every run."""
+    torch.manual_seed(0)
     experts = {}
     for i in range(k):
         e = build_expert(expert, LATENT, 384)

@@ -54,7 +54,8 @@ def test_the_sampling_bench_reports_each_mode_against_one_expert(tmp_path: Path)
         _check_stats(data[mode]["vs_one_expert"], rounds=2)
         assert 0 < data[mode]["router_share"] < 1
         parts = data[mode]["parts_s"]
-        assert 0 < parts["experts"] and 0 < parts["router"] and parts["experts"] + parts["router"] <= parts["total"]
+        assert parts["experts"] > 0 and parts["router"] > 0
+        assert parts["experts"] + parts["router"] <= parts["total"]
         assert f"| {mode} |" in table
     assert data["one expert (K=1, no router)"]["router_share"] is None
     assert data["one expert (K=1, no router)"]["parts_s"]["router"] == 0  # K=1: the router never runs
