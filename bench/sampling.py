@@ -4,15 +4,17 @@ The digits demo's pipeline (examples/digits.yaml: K=4 tiny experts, its caption-
 8x8x1 latents, MiniLM captions) samples a batch of 16 prompts, 20 Euler steps with CFG, in each routing
 mode; the reference is the same ParisPipeline code with one expert (K=1, where the router is
 not needed and does not run), on the same prompts, noise and steps. Each ratio is routed
-time / one-expert time per round. The router's share of a routed call is measured in a
-separate pass that times `ParisPipeline._route`.
+time / one-expert time per round. A separate pass splits each call into the router
+(`ParisPipeline._route`), the experts' forward passes (`expert_velocity`) and the rest
+(gathering each expert's rows, mixing, the scheduler), in units of one expert's call.
 
-By default the weights are random (the routing then spreads samples over every expert: the
-most expert calls per step); `--pipeline DIR` loads a trained one (e.g. the demo's
-`runs/store/models/digits/pipeline`), whose router concentrates samples by caption.
+By default the weights are random: the untrained router then sends nearly every sample to
+the same expert, one expert call per step, which isolates the router's cost. `--pipeline DIR`
+loads a trained one (e.g. the demo's `runs/store/models/digits/pipelines/<version>`), whose
+router splits a batch of digit prompts over every expert: one smaller call per expert.
 
     python -m bench.sampling                                   # bench/README.md table
-    python -m bench.sampling --pipeline /tmp/perf-store/models/digits/pipeline
+    python -m bench.sampling --pipeline runs/store/models/digits/pipelines/<version>
     python -m bench.sampling --device cuda --batch 64
     python -m bench.sampling --quick                           # seconds; the test runs this
 """
@@ -54,7 +56,8 @@ def random_pipeline(
     k: int, expert: ExpertModelConfig, router: RouterModelConfig, text: tuple[Any, Any]
 ) -> ParisPipeline:
     """A pipeline of the demo's shapes with random weights (outputs randomized so that the
-    velocities are not all zero)."""
+    velocities are not all zero), seeded: the same routing in every run."""
+    torch.manual_seed(0)
     experts = {}
     for i in range(k):
         e = build_expert(expert, LATENT, 384)
@@ -155,7 +158,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     log = (lambda m: print(m, file=sys.stderr, flush=True)) if not args.quick else None
     stats = interleaved(variants, args.rounds, args.calls, clock, log=log)
 
-    shares = {mode: router_share(pipe, variants[mode], clock) for mode in args.modes}
+    parts = {name: time_parts(one if name not in args.modes else pipe, fn, clock) for name, fn in variants.items()}
+    unit = parts["one expert (K=1, no router)"]["total"]  # each part in one expert's calls
+    shares = {mode: parts[mode]["router"] / parts[mode]["total"] for mode in args.modes}
     ref = stats["one expert (K=1, no router)"]
     results: dict[str, Any] = {"machine": machine(device, clock_name), "args": vars(args) | {"json": None}}
     rows = []
@@ -170,10 +175,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 fmt_ratio(ratio(s, ref)),
                 "-" if name not in args.modes else goal,
                 f"{shares[name]:.0%}" if name in shares else "-",
+                " + ".join(f"{parts[name][p] / unit:.2f}" for p in ("experts", "router"))
+                + f" + {(parts[name]['total'] - parts[name]['experts'] - parts[name]['router']) / unit:.2f}",
                 f"{per_step:.2f}",
             ]
         )
-        results[name] = {"seconds": s, "vs_one_expert": ratio(s, ref), "router_share": shares.get(name)}
+        results[name] = {
+            "seconds": s,
+            "vs_one_expert": ratio(s, ref),
+            "router_share": shares.get(name),
+            "parts_s": parts[name],
+        }
     if args.pipeline:
         source = str(args.pipeline)
     else:
@@ -184,7 +196,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         f"(both branches in one expert batch)"
     )
     headers = ["variant", "s/call min / median / max", "time vs one expert", "goal", "router share"]
-    headers.append("experts/sample/step")
+    headers += ["experts + router + rest (× one expert's call)", "experts/sample/step"]
     print(f"machine: {results['machine'].line()}\n\n#### {title}\n\n{markdown(headers, rows)}")
     if args.profile:
         for name, fn in variants.items():
@@ -197,29 +209,39 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     return results
 
 
-def router_share(pipe: ParisPipeline, fn: Callable[[], Any], clock: Callable[[], float]) -> float:
-    """Share of one call's time spent in the router (its own pass, so the timing wrapper
-    does not touch the interleaved figures)."""
-    spent = [0.0]
-    original = pipe._route
+def time_parts(pipe: ParisPipeline, fn: Callable[[], Any], clock: Callable[[], float]) -> dict[str, float]:
+    """Seconds of one call spent in the router, in the experts' forward passes, and in total
+    (the best of 3 calls; a pass of its own, so that the timing wrappers do not touch the
+    interleaved figures). What remains is the pipeline's own work: gathering each expert's
+    rows, mixing, the scheduler."""
+    import paris.router.pipeline as pipeline_module
 
-    def timed(*a: Any, **k: Any) -> torch.Tensor:
-        t0 = clock()
-        out = original(*a, **k)
-        spent[0] += clock() - t0
-        return out
+    spent = {"router": 0.0, "experts": 0.0}
 
-    pipe._route = timed  # type: ignore[method-assign]
+    def timed(part: str, original: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
+        def wrapper(*a: Any, **k: Any) -> torch.Tensor:
+            t0 = clock()
+            out = original(*a, **k)
+            spent[part] += clock() - t0
+            return out
+
+        return wrapper
+
+    expert_velocity = pipeline_module.expert_velocity
+    pipe._route = timed("router", pipe._route)  # type: ignore[method-assign]
+    pipeline_module.expert_velocity = timed("experts", expert_velocity)
     try:
-        best = float("inf")
+        best: dict[str, float] = {"total": float("inf")}
         for _ in range(3):
-            spent[0] = 0.0
+            spent["router"] = spent["experts"] = 0.0
             t0 = clock()
             fn()
             total = clock() - t0
-            best = min(best, spent[0] / total)
+            if total < best["total"]:
+                best = {"total": total, **spent}
     finally:
         del pipe._route
+        pipeline_module.expert_velocity = expert_velocity
     return best
 
 

@@ -10,6 +10,8 @@ the figures are in bench/README.md).
 from __future__ import annotations
 
 import functools
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -110,3 +112,23 @@ def autocast_dtype(mode: str, device: torch.device) -> torch.dtype | None:
     if device.type == "cpu":
         return cpu_autocast_dtype()
     return None
+
+
+@contextmanager
+def cpu_threads(n: int) -> Iterator[None]:
+    """At most `n` CPU threads for torch and for numpy's BLAS/OpenMP pools, restored after.
+
+    Small models (the digits demo's experts, the judge's MLP) gain nothing from a second
+    thread, and on a machine whose cores are busy with other processes OpenMP's barriers wait
+    for a thread that is not running: sampling the digits demo with 2 threads at load average
+    10 took 95-160 s of wall time and 33-42 CPU-s, with 1 thread 6-7 s and 2.6 CPU-s
+    (bench/README.md, "The demo")."""
+    from threadpoolctl import threadpool_limits
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        with threadpool_limits(n):
+            yield
+    finally:
+        torch.set_num_threads(before)

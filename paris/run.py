@@ -22,6 +22,7 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table
 
 from paris.config import RunConfig
+from paris.devices import cpu_threads
 from paris.errors import ParisError
 from paris.layout import dataset_prefix, expert_prefix, model_prefix, router_prefix
 from paris.progress import console, interactive
@@ -135,13 +136,19 @@ class GpuPool:
             self.free.append(self.held.pop(name))
 
 
+def job_threads(cfg: RunConfig) -> int:
+    """CPU threads per process: the cores shared by the `parallel` training processes. The
+    sampling stage after them gets the same share (see paris.devices.cpu_threads)."""
+    return cfg.train.threads or max(1, (os.cpu_count() or 1) // cfg.parallel)
+
+
 def train_models(cfg: RunConfig, store: Store, log_dir: Path) -> None:
     """Run every expert and the router in its own process, `cfg.parallel` at a time.
 
     With several GPUs each process gets one of its own (CUDA_VISIBLE_DEVICES), instead of
     every process landing on GPU 0. On a terminal a live table; in logs (CI, `kubectl
     logs`) one line per job whenever its state changes or it passes another tenth of its steps."""
-    threads = cfg.train.threads or max(1, (os.cpu_count() or 1) // cfg.parallel)
+    threads = job_threads(cfg)
     child = cfg.model_copy(deep=True)
     child.train.threads = threads
     child.router.train.threads = cfg.router.train.threads or threads
@@ -242,7 +249,8 @@ def run(cfg: RunConfig, store: Store, log_dir: Path | None = None) -> dict[str, 
     pipe = build_pipeline(cfg, store)
     pipeline_uri = publish_pipeline(pipe, store, cfg.model)
     pipe.set_progress_bar_config(disable=True)
-    scores = sample_and_score(cfg, store, pipe)
+    with cpu_threads(job_threads(cfg)):
+        scores = sample_and_score(cfg, store, pipe)
     times["sample+eval"] = time.time() - t
     times["total"] = time.time() - t0
 

@@ -53,8 +53,12 @@ def test_the_sampling_bench_reports_each_mode_against_one_expert(tmp_path: Path)
         _check_stats(data[mode]["seconds"], rounds=2)
         _check_stats(data[mode]["vs_one_expert"], rounds=2)
         assert 0 < data[mode]["router_share"] < 1
+        parts = data[mode]["parts_s"]
+        assert parts["experts"] > 0 and parts["router"] > 0
+        assert parts["experts"] + parts["router"] <= parts["total"]
         assert f"| {mode} |" in table
     assert data["one expert (K=1, no router)"]["router_share"] is None
+    assert data["one expert (K=1, no router)"]["parts_s"]["router"] == 0  # K=1: the router never runs
 
 
 def test_the_precision_default_follows_the_cpu_bf16_unit() -> None:

@@ -3,11 +3,13 @@ and, on a machine with several GPUs, gives each running process a GPU of its own
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
 from paris.config import parse_config
-from paris.run import GpuPool, jobs
+from paris.devices import cpu_threads
+from paris.run import GpuPool, job_threads, jobs
 from tests.helpers import tiny_config
 
 
@@ -28,3 +30,23 @@ def test_each_running_process_gets_a_gpu_of_its_own_and_gives_it_back() -> None:
     assert pool.env_for("router") == {"CUDA_VISIBLE_DEVICES": "0"}
     assert GpuPool(["0"]).env_for("expert 0") == {}  # one GPU: nothing to choose
     assert GpuPool([]).env_for("expert 0") == {}
+
+
+def test_each_process_gets_its_share_of_the_cores_unless_threads_are_set(tmp_path: Path) -> None:
+    cores = os.cpu_count() or 1
+    cfg = parse_config(tiny_config(f"file://{tmp_path}", parallel=2, train={"threads": None}))
+    assert job_threads(cfg) == max(1, cores // 2)
+    cfg = parse_config(tiny_config(f"file://{tmp_path}", parallel=2, train={"threads": 3}))
+    assert job_threads(cfg) == 3
+
+
+def test_the_thread_cap_holds_for_torch_and_blas_and_is_given_back() -> None:
+    import numpy  # noqa: F401 (loads the BLAS pool threadpoolctl reports)
+    import torch
+    from threadpoolctl import threadpool_info
+
+    torch.set_num_threads(2)
+    with cpu_threads(1):
+        assert torch.get_num_threads() == 1
+        assert all(pool["num_threads"] == 1 for pool in threadpool_info())
+    assert torch.get_num_threads() == 2
