@@ -14,6 +14,7 @@ step (bench/train_step.py; the figures are in bench/README.md):
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass, replace
@@ -27,6 +28,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from paris.config import TrainConfig
 from paris.devices import enable_tf32
+from paris.progress import console
 from paris.trainer.attention import Kernel, default_kernel, set_attention
 
 LossFn = Callable[[torch.nn.Module, torch.Generator, torch.device], torch.Tensor]
@@ -67,6 +69,23 @@ class StepOptions:
         return replace(self, **changes)
 
 
+def compiler_found(device: torch.device) -> bool:
+    """Whether torch.compile can build kernels here: inductor compiles C++ on a CPU and
+    triton's launchers with a C compiler on CUDA. The trainer image ships no compiler (a
+    final layer without build tools), so there the step runs eager instead of failing."""
+    import shutil
+
+    if device.type == "cuda":
+        return any(shutil.which(c) for c in (os.environ.get("CC", "cc"), "gcc", "clang"))
+    from torch._inductor import cpp_builder, exc
+
+    try:
+        cpp_builder.get_cpp_compiler()
+    except (exc.InvalidCxxCompiler, RuntimeError):
+        return False
+    return True
+
+
 def compile_blocks(model: torch.nn.Module) -> int:
     """Compile every transformer block in place (state_dict keys unchanged); returns how many.
 
@@ -93,7 +112,9 @@ def prepare_model(model: torch.nn.Module, device: torch.device, options: StepOpt
         set_attention(model, options.attention, options.fuse_projections)
     if options.gradient_checkpointing:
         cast(Any, model).enable_gradient_checkpointing()
-    if options.compile:
+    if options.compile and not compiler_found(device):
+        console.print(f"train.compile: no compiler for {device.type} kernels on this machine; running eager")
+    elif options.compile:
         compile_blocks(model)
     return model
 

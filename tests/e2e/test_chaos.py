@@ -53,7 +53,8 @@ def chaos_operator(
     k8s_cluster: Cluster, k8s_namespace: str, own_minio: MinioServer, pod_runtime: str, tmp_path: Path
 ) -> Iterator[Operator]:
     """The operator of `operator`, on the test's own MinIO (which the test may take down)."""
-    kubeconfig, role = chart_rbac_kubeconfig(k8s_cluster, k8s_namespace, tmp_path)
+    (tmp_path / "kube").mkdir()  # its own folder: the operator image mounts it (tmp_path is 0700)
+    kubeconfig, role = chart_rbac_kubeconfig(k8s_cluster, k8s_namespace, tmp_path / "kube")
     op = Operator(k8s_cluster, k8s_namespace, own_minio, tmp_path, kubeconfig, pod_runtime).start()
     try:
         yield op
