@@ -96,11 +96,12 @@ def variant_configs(cfg: RunConfig, base: str, phase: Phase, mono_steps: int) ->
         c.sample = c.sample.model_copy(update={"seed": phase.seed, "routing": routing})
         return c
 
-    aware = cfg.router.model.condition_on_text
+    # The ensemble's router is the caption-aware one, p(k | x_t, t, c), whatever the config says:
+    # the text-blind one is the ablation.
     out = {
-        "ensemble": make(cfg, n["ensemble"], steps, rsteps, aware, list(cfg.sample.routing)),
+        "ensemble": make(cfg, n["ensemble"], steps, rsteps, True, list(cfg.sample.routing)),
         # The one-class router of the monolith is the identity whatever its weights: one step.
-        "monolith": make(monolith_data(cfg), n["monolith"], mono_steps, 1, aware, [MONOLITH_ROUTING]),
+        "monolith": make(monolith_data(cfg), n["monolith"], mono_steps, 1, True, [MONOLITH_ROUTING]),
     }
     if phase.text_blind:
         out["textblind"] = make(cfg, n["textblind"], steps, rsteps, False, list(cfg.sample.routing))
@@ -228,6 +229,7 @@ def run_phase(
     trained = time.time() - t0
     results: dict[str, Any] = {}
     for variant, c in configs.items():
+        console.print(f"study {phase.tag}: sampling {c.model}")
         experts_of = configs["ensemble"].model if variant == "textblind" else None
         results[variant] = evaluate_variant(c, store, judge, experts_of)
         results[variant]["model"] = c.model
