@@ -58,23 +58,24 @@ def build(out: Path, size: int, cache: Path = DEFAULT_CACHE, limit: int | None =
     """Write the folder; returns the number of images."""
     out.mkdir(parents=True, exist_ok=True)
     lines = []
-    with tarfile.open(fetch(cache)) as tar:
-
-        def read(name: str) -> bytes:
-            f = tar.extractfile(f"package/{name}")
-            assert f is not None
-            return f.read()
-
-        entries = [e for e in json.loads(read("emoji.json")) if e["category"] in CATEGORIES and e["has_img_google"]]
-        entries.sort(key=lambda e: e["sort_order"])
-        for e in entries[:limit]:
-            rgba = Image.open(io.BytesIO(read(f"img/google/64/{e['image']}"))).convert("RGBA")
-            white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-            rgb = Image.alpha_composite(white, rgba).convert("RGB").resize((size, size), Image.Resampling.BOX)
-            file = f"images/{e['unified'].lower()}.png"
-            (out / "images").mkdir(exist_ok=True)
-            rgb.save(out / file)
-            lines.append({"file": file, "caption": caption(e), "label": CATEGORIES.index(e["category"])})
+    # One pass over the gzip stream: random access to members would re-read it from the start.
+    with tarfile.open(fetch(cache), "r:gz") as tar:
+        files = {
+            m.name.removeprefix("package/"): f.read()
+            for m in tar
+            if m.name == "package/emoji.json" or m.name.startswith("package/img/google/64/")
+            if (f := tar.extractfile(m)) is not None
+        }
+    entries = [e for e in json.loads(files["emoji.json"]) if e["category"] in CATEGORIES and e["has_img_google"]]
+    entries.sort(key=lambda e: e["sort_order"])
+    (out / "images").mkdir(exist_ok=True)
+    for e in entries[:limit]:
+        rgba = Image.open(io.BytesIO(files[f"img/google/64/{e['image']}"])).convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        rgb = Image.alpha_composite(white, rgba).convert("RGB").resize((size, size), Image.Resampling.BOX)
+        file = f"images/{e['unified'].lower()}.png"
+        rgb.save(out / file)
+        lines.append({"file": file, "caption": caption(e), "label": CATEGORIES.index(e["category"])})
     (out / "captions.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
     return len(lines)
 
