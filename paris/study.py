@@ -259,6 +259,7 @@ def run_study(
     cfg: RunConfig, store: Store, out: Path, quick: bool = False, seeds: int | None = None,
     command: str | None = None, log_dir: Path | None = None,
 ) -> dict[str, Any]:
+    from paris.data.shards import load_manifest
     from paris.router.generate import fit_judge
     from paris.run import ensure_dataset
 
@@ -278,11 +279,20 @@ def run_study(
     log_dir = log_dir or Path("runs") / "logs" / base
     done: list[dict[str, Any]] = []
     report: dict[str, Any] = {}
+    clusters = [
+        {"id": c["id"], "size": c["size"], "label_histogram": c.get("label_histogram")}
+        for c in load_manifest(store, cfg.data.name)["clusters"]
+    ]
     for phase in phases(cfg, seeds, scale):
         done.append(run_phase(cfg, store, base, phase, flops, judge, log_dir))
         report = summarize(done, cfg, base, judge.cv_accuracy, judge.classes, seeds, scale)
+        report["clusters"] = clusters
         report["command"] = command or f"paris study {'--quick ' if quick else ''}CONFIG"
-        report["seconds"] = {"prepare+flops+judge": round(prepared, 1), "total": round(time.time() - t0, 1)}
+        report["seconds"] = {
+            "prepare+flops+judge": round(prepared, 1),
+            "phases": round(sum(sum(p["seconds"].values()) for p in done), 1),  # also those of an earlier run
+            "this run": round(time.time() - t0, 1),
+        }
         write_report(report, done, store, out)
     console.print(f"study report: {out / 'README.md'}")
     return report
@@ -430,6 +440,12 @@ def markdown(report: Mapping[str, Any]) -> str:
             + " ".join(f"{u:.2f}" for u in row["usage"])
             + " |"
         )
+    if report.get("clusters"):
+        lines += ["", "Clusters (two-stage k-means on image features; the classes are for this table only):", "",
+                  "| cluster | training images | images of each class |", "|---|---|---|"]
+        for c in report["clusters"]:
+            hist = " ".join(str(h) for h in c["label_histogram"]) if c.get("label_histogram") else "-"
+            lines.append(f"| {c['id']} | {c['size']} | {hist} |")
     ra = report["router_accuracy"]
     if ra:
         first = next(iter(ra.values()))
