@@ -227,7 +227,8 @@ def generate(
 
 @app.command("eval")
 def evaluate(config: ConfigArg = None) -> None:
-    """Score samples of every routing mode with a judge trained on held-out real digits."""
+    """Score samples of every routing mode with a judge trained on held-out real images of known class
+    (digits, a folder with labels): prompted-class accuracy and Fréchet distance."""
     from paris.layout import model_prefix
     from paris.router.assemble import load_pipeline
     from paris.router.generate import sample_and_score
