@@ -259,6 +259,8 @@ def run_study(
     cfg: RunConfig, store: Store, out: Path, quick: bool = False, seeds: int | None = None,
     command: str | None = None, log_dir: Path | None = None,
 ) -> dict[str, Any]:
+    import torch
+
     from paris.data.shards import load_manifest
     from paris.router.generate import fit_judge
     from paris.run import ensure_dataset
@@ -273,6 +275,9 @@ def run_study(
     ensure_dataset(cfg, store)
     ensure_dataset(mono, store)
     flops = {"ensemble": step_flops(cfg, store), "monolith": step_flops(mono, store)}
+    # Sampling runs here, one thread per slot's worth of cores: on a shared machine more OpenMP
+    # threads than free cores made each routing mode's sampling ~10x slower (spin-waiting).
+    torch.set_num_threads(cfg.train.threads or max(1, (os.cpu_count() or 1) // cfg.parallel))
     judge = fit_judge(cfg, store)
     console.print(f"judge: cross-validated accuracy {judge.cv_accuracy:.3f} on the held-out real images")
     prepared = time.time() - t0
