@@ -384,6 +384,11 @@ class StudyConfig(_Model):
     text_blind_router: bool = Field(
         True, description="Also train the paper's (x_t, t) router on the same experts (the router ablation)"
     )
+    expert_steps: Literal["equal", "by_size"] = Field(
+        "equal",
+        description="The ensemble's steps: train.steps for every expert (the paper's recipe), or the same total "
+        "split in proportion to the clusters' sizes (every training image seen as often as by the monolith)",
+    )
 
 
 class RunConfig(_Model):

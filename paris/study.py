@@ -146,8 +146,16 @@ def step_flops(cfg: RunConfig, store: Store) -> dict[str, int]:
     return out
 
 
-def training_flops(per_step: Mapping[str, int], steps: int, router_steps: int) -> int:
-    return sum(f * (router_steps if name == "router" else steps) for name, f in per_step.items())
+def expert_steps(steps: int, sizes: list[int], how: str) -> list[int]:
+    """Each expert's steps: `steps` each, or K x `steps` split in proportion to cluster sizes."""
+    if how == "equal":
+        return [steps] * len(sizes)
+    return [max(1, round(steps * len(sizes) * n / sum(sizes))) for n in sizes]
+
+
+def training_flops(per_step: Mapping[str, int], steps: list[int], router_steps: int) -> int:
+    """Σ over experts of steps x FLOPs per step, plus the router's (`steps`: per expert, in order)."""
+    return sum(f * (router_steps if name == "router" else steps[int(name.split()[-1])]) for name, f in per_step.items())
 
 
 def equal_compute_steps(ensemble_flops: int, monolith_step: int) -> int:
@@ -167,20 +175,20 @@ def _job_env(cfg: RunConfig, threads: int) -> dict[str, str]:
     return {"PARIS_CONFIG": yaml.safe_dump(c.model_dump(mode="json"))}
 
 
-def training_jobs(configs: Mapping[str, RunConfig], threads: int) -> list[Any]:
-    """Every process of a phase, longest first (the monolith), so two slots end together."""
+def training_jobs(configs: Mapping[str, RunConfig], threads: int, steps: list[int]) -> list[Any]:
+    """Every process of a phase, longest first (the monolith), so two slots end together;
+    `steps`: each ensemble expert's."""
     from paris.run import Job
 
     train = [sys.executable, "-m", "paris", "train"]
     out = []
     for variant, c in configs.items():
         env = _job_env(c, threads)
-        if variant != "textblind":  # the text-blind router routes over the ensemble's experts
-            out += [
-                Job(f"{c.model} expert {k}", [*train, "expert", "--cluster", str(k)], expert_prefix(c.model, k),
-                    c.train.steps, env)
-                for k in range(c.data.clusters)
-            ]
+        for k in range(c.data.clusters if variant != "textblind" else 0):  # textblind: the ensemble's experts
+            n = steps[k] if variant == "ensemble" else c.train.steps
+            ck = c.model_copy(update={"train": c.train.model_copy(update={"steps": n, "checkpoint_every": n})})
+            out.append(Job(f"{c.model} expert {k}", [*train, "expert", "--cluster", str(k)], expert_prefix(c.model, k),
+                           n, _job_env(ck, threads)))
         out.append(Job(f"{c.model} router", [*train, "router", "--no-publish"], router_prefix(c.model),
                        c.router.train.steps, env))
     return sorted(out, key=lambda j: -j.total * (1 if "router" not in j.name else 0.1))
@@ -202,30 +210,35 @@ def evaluate_variant(cfg: RunConfig, store: Store, judge: Any, experts_of: str |
 
 def run_phase(
     cfg: RunConfig, store: Store, base: str, phase: Phase, flops: Mapping[str, Mapping[str, int]], judge: Any,
-    log_dir: Path,
+    log_dir: Path, sizes: list[int],
 ) -> dict[str, Any]:
     from paris.run import run_jobs
 
     steps, rsteps = steps_at(cfg.train.steps, phase.scale), steps_at(cfg.router.train.steps, phase.scale)
-    ens_flops = training_flops(flops["ensemble"], steps, rsteps)
+    per_expert = expert_steps(steps, sizes, cfg.study.expert_steps)
+    ens_flops = training_flops(flops["ensemble"], per_expert, rsteps)
     mono_step = flops["monolith"]["expert 0"]
     mono_steps = equal_compute_steps(ens_flops, mono_step)
-    mono_flops = training_flops(flops["monolith"], mono_steps, 1)
+    mono_flops = training_flops(flops["monolith"], [mono_steps], 1)
     configs = variant_configs(cfg, base, phase, mono_steps)
-    settings = {"steps": steps, "router_steps": rsteps, "monolith_steps": mono_steps, "seed": phase.seed}
+    settings: dict[str, Any] = {
+        "steps": steps, "router_steps": rsteps, "monolith_steps": mono_steps, "seed": phase.seed
+    }
+    if cfg.study.expert_steps != "equal":
+        settings["expert_steps"] = per_expert
     key = f"{model_prefix(base)}/phases/{phase.tag}.json"
     done = store.get_json_or_none(key)
     if done is not None and done.get("settings") == settings:
         console.print(f"study {phase.tag}: already done, reusing {store.uri(key)}")
         return dict(done)
     console.print(
-        f"study {phase.tag}: {cfg.data.clusters} experts × "
-        f"{steps} steps + router {rsteps} steps ({ens_flops / 1e12:.2f} TFLOP) against a monolith of "
+        f"study {phase.tag}: experts of {'/'.join(map(str, per_expert))} steps + router {rsteps} steps "
+        f"({ens_flops / 1e12:.2f} TFLOP) against a monolith of "
         f"{mono_steps} steps ({mono_flops / 1e12:.2f} TFLOP)"
     )
     t0 = time.time()
     threads = cfg.train.threads or max(1, (os.cpu_count() or 1) // cfg.parallel)
-    run_jobs(training_jobs(configs, threads), store, log_dir / phase.tag, cfg.parallel, dict(os.environ))
+    run_jobs(training_jobs(configs, threads, per_expert), store, log_dir / phase.tag, cfg.parallel, dict(os.environ))
     trained = time.time() - t0
     results: dict[str, Any] = {}
     for variant, c in configs.items():
@@ -289,7 +302,7 @@ def run_study(
         for c in load_manifest(store, cfg.data.name)["clusters"]
     ]
     for phase in phases(cfg, seeds, scale):
-        done.append(run_phase(cfg, store, base, phase, flops, judge, log_dir))
+        done.append(run_phase(cfg, store, base, phase, flops, judge, log_dir, [c["size"] for c in clusters]))
         report = summarize(done, cfg, base, judge.cv_accuracy, judge.classes, seeds, scale)
         report["clusters"] = clusters
         report["command"] = command or f"paris study {'--quick ' if quick else ''}CONFIG"
@@ -423,7 +436,10 @@ def markdown(report: Mapping[str, Any]) -> str:
         + (f" (training steps × {report['scale']:g}: the quick variant)" if report["scale"] != 1 else "")
         + ". Mean ± standard deviation over the seeds.",
         "",
-        f"- training: each expert {st['steps']} steps, the router {st['router_steps']} steps = "
+        "- training: "
+        + (f"the experts {', '.join(map(str, st['expert_steps']))} steps (in proportion to their clusters' sizes)"
+           if "expert_steps" in st else f"each expert {st['steps']} steps")
+        + f", the router {st['router_steps']} steps = "
         f"**{flops['ensemble'] / 1e12:.3f} TFLOP**; the monolith {st['monolith_steps']} steps = "
         f"**{flops['monolith'] / 1e12:.3f} TFLOP** (ratio {flops['monolith'] / flops['ensemble']:.3f}); "
         "FLOPs of one step counted by `torch.utils.flop_counter.FlopCounterMode`, times the steps",

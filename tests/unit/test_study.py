@@ -10,15 +10,21 @@ from pathlib import Path
 import pytest
 
 from paris.config import parse_config
-from paris.study import Phase, equal_compute_steps, phases, training_flops
+from paris.study import Phase, equal_compute_steps, expert_steps, phases, training_flops
 from tests.helpers import paris_cli, tiny_config, write_config
 
 
 def test_the_monolith_gets_the_steps_whose_flops_match_the_experts_and_the_router() -> None:
     per_step = {"expert 0": 100, "expert 1": 110, "router": 30}
-    ensemble = training_flops(per_step, steps=10, router_steps=5)
+    ensemble = training_flops(per_step, [10, 10], router_steps=5)
     assert ensemble == 100 * 10 + 110 * 10 + 30 * 5
     assert equal_compute_steps(ensemble, 105) == 21  # 2250 / 105 = 21.4
+
+
+def test_steps_by_cluster_size_keep_the_total_and_follow_the_sizes() -> None:
+    assert expert_steps(100, [600, 100, 500, 200], "equal") == [100] * 4
+    by_size = expert_steps(100, [600, 100, 500, 200], "by_size")
+    assert by_size == [171, 29, 143, 57] and abs(sum(by_size) - 400) <= 2
 
 
 def test_the_seeds_come_first_and_the_full_budget_reuses_seed_zero() -> None:
@@ -63,5 +69,6 @@ def test_a_tiny_study_reports_every_method_the_router_ablation_and_the_compute_c
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # The trained pipelines stay in the store under names that say what they are.
     models = tmp_path / "store" / "models"
-    for name in ("tiny-quick-s0-ensemble", "tiny-quick-s1-monolith", "tiny-quick-s0-textblind", "tiny-quick-b50-ensemble"):
+    for name in ("tiny-quick-s0-ensemble", "tiny-quick-s1-monolith", "tiny-quick-s0-textblind",
+                 "tiny-quick-b50-ensemble"):
         assert (models / name / "pipeline.json").exists(), name
