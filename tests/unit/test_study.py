@@ -49,7 +49,11 @@ def test_a_tiny_study_reports_every_method_the_router_ablation_and_the_compute_c
     r = paris_cli("study", str(write_config(tmp_path / "c.yaml", cfg)), "--quick", "--seeds", "2",
                   "--out", str(out), "--logs", str(tmp_path / "logs"), cwd=tmp_path)
     assert r.returncode == 0, r.stdout + r.stderr
-    report = json.loads((out / "results.json").read_text())["report"]
+    results = json.loads((out / "results.json").read_text())
+    report = results["report"]
+    for phase in results["phases"]:  # every method is sampled with the same prompts
+        prompts = {json.dumps(r["prompts"]) for r in phase["results"].values()}
+        assert len(prompts) == 1, phase["tag"]
     assert set(report["table"]) == {"monolith", "top1", "top2", "full", "text-blind top1", "text-blind top2",
                                     "text-blind full"}
     for row in report["table"].values():
