@@ -266,7 +266,9 @@ def run(
 @app.command()
 def study(
     config: ConfigArg = None,
-    quick: Annotated[bool, typer.Option("--quick", help="study.quick of the training steps, one seed")] = False,
+    quick: Annotated[
+        bool, typer.Option("--quick", help="study.quick of the training steps, one seed, one image per prompt")
+    ] = False,
     seeds: Annotated[int | None, typer.Option(min=1, max=20, help="Training seeds (default: study.seeds)")] = None,
     out: Annotated[
         Path | None, typer.Option(help="Report folder (default: docs/results/<data.name>; --quick: runs/study/…)")

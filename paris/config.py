@@ -379,7 +379,8 @@ class StudyConfig(_Model):
         description="The compute curve (seed 0): fractions of train.steps and router.train.steps; 1.0 reuses seed 0",
     )
     quick: float = Field(
-        0.1, gt=0, le=1, description="`--quick`: train this fraction of the steps, one seed unless --seeds"
+        0.1, gt=0, le=1,
+        description="`--quick`: train this fraction of the steps, one seed unless --seeds, one image per prompt",
     )
     text_blind_router: bool = Field(
         True, description="Also train the paper's (x_t, t) router on the same experts (the router ablation)"

@@ -283,6 +283,8 @@ def run_study(
     t0 = time.time()
     seeds = seeds or (1 if quick else cfg.study.seeds)
     scale = study_scale(cfg, quick)
+    if quick:  # sampling is most of a quick run's time: one image per prompt
+        cfg = cfg.model_copy(update={"sample": cfg.sample.model_copy(update={"per_prompt": 1})})
     base = f"{cfg.model}-{'quick' if quick else 'study'}"
     mono = monolith_data(cfg)
     ensure_dataset(cfg, store)
