@@ -8,6 +8,7 @@ import io
 import json
 import tarfile
 from pathlib import Path
+from typing import Any
 
 from PIL import Image
 
@@ -21,7 +22,7 @@ def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
 
 
 def test_emoji_become_captioned_white_backed_images_labelled_by_category(tmp_path: Path) -> None:
-    entries = [
+    entries: list[dict[str, Any]] = [
         {"name": "GRINNING FACE", "short_name": "grinning", "image": "1f600.png", "unified": "1F600",
          "category": "Smileys & Emotion", "has_img_google": True, "sort_order": 1},
         {"name": None, "short_name": "flag_fr", "image": "1f1eb.png", "unified": "1F1EB",
