@@ -34,7 +34,7 @@ from paris.config import DataConfig, RunConfig, parse_config
 from paris.data.add import add_cluster
 from paris.data.prepare import prepare_dataset
 from paris.data.shards import load_manifest, load_split
-from paris.evaluate import DigitsJudge, digit_prompts
+from paris.evaluate import Judge, digit_prompts
 from paris.layout import expert_prefix, router_prefix
 from paris.router.assemble import load_pipeline, publish_ensemble
 from paris.router.generate import sample_prompts
@@ -64,7 +64,7 @@ def digests(root: Path) -> dict[str, str]:
     return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() for p in files}
 
 
-def scores(cfg: RunConfig, store: LocalStore, judge: DigitsJudge, seed: int) -> dict[int, float]:
+def scores(cfg: RunConfig, store: LocalStore, judge: Judge, seed: int) -> dict[int, float]:
     """The judge's accuracy on the images sampled for each digit's prompt."""
     with tempfile.TemporaryDirectory() as tmp:
         pipe = load_pipeline(store, cfg.model, Path(tmp))
@@ -106,7 +106,7 @@ def main() -> None:
         everything = DataConfig.model_validate({**cfg.data.model_dump(), "name": "judge-digits", "labels": None})
         prepare_dataset(everything, store)
         judge_manifest = load_manifest(store, "judge-digits")
-        judge = DigitsJudge.fit(load_split(store, judge_manifest, "holdout"), 0)
+        judge = Judge.fit(load_split(store, judge_manifest, "holdout"), 0)
         out["judge_cv_accuracy"] = round(judge.cv_accuracy, 3)
         before = [scores(cfg, store, judge, seed) for seed in (0, 1)]
         old_files = {i: digests(root / expert_prefix(cfg.model, i)) for i in range(k)}

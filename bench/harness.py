@@ -28,6 +28,7 @@ import torch
 import torch.utils.benchmark as benchmark
 
 from paris.devices import cpu_info
+from paris.trainer.step import count_flops as count_flops  # re-exported: `paris study` counts with it too
 
 
 @dataclass
@@ -93,15 +94,6 @@ def matmul_peak(device: torch.device, dtype: torch.dtype, clock: Callable[[], fl
     timer.timeit(2)
     best = min(timer.timeit(3).mean for _ in range(3))
     return 2 * n**3 / best
-
-
-def count_flops(fn: Callable[[], Any]) -> int:
-    """FLOPs of one call (matmuls and attention, forward and backward), by torch's counter."""
-    from torch.utils.flop_counter import FlopCounterMode
-
-    with FlopCounterMode(display=False) as counter:
-        fn()
-    return int(counter.get_total_flops())
 
 
 @dataclass

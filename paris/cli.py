@@ -227,7 +227,8 @@ def generate(
 
 @app.command("eval")
 def evaluate(config: ConfigArg = None) -> None:
-    """Score samples of every routing mode with a judge trained on held-out real digits."""
+    """Score samples of every routing mode with a judge trained on held-out real images of known class
+    (digits, a folder with labels): prompted-class accuracy and Fréchet distance."""
     from paris.layout import model_prefix
     from paris.router.assemble import load_pipeline
     from paris.router.generate import sample_and_score
@@ -260,6 +261,28 @@ def run(
 
     cfg, store = _load(config)
     run_all(cfg, store, logs or Path("runs") / "logs" / cfg.model)
+
+
+@app.command()
+def study(
+    config: ConfigArg = None,
+    quick: Annotated[
+        bool, typer.Option("--quick", help="study.quick of the training steps, one seed, one image per prompt")
+    ] = False,
+    seeds: Annotated[int | None, typer.Option(min=1, max=20, help="Training seeds (default: study.seeds)")] = None,
+    out: Annotated[
+        Path | None, typer.Option(help="Report folder (default: docs/results/<data.name>; --quick: runs/study/…)")
+    ] = None,
+    logs: Annotated[Path | None, typer.Option(help="Folder for the training processes' logs")] = None,
+) -> None:
+    """Ensemble against monolith at equal training FLOPs: K experts + router against one model
+    on all the data, over seeds; router ablation (text-blind); a compute curve. Writes a
+    markdown table, plots and sample grids; the trained pipelines stay in the store."""
+    from paris.study import command_line, run_study
+
+    cfg, store = _load(config)
+    folder = out or (Path("runs") / "study" / cfg.data.name if quick else Path("docs") / "results" / cfg.data.name)
+    run_study(cfg, store, folder, quick=quick, seeds=seeds, command=command_line(), log_dir=logs)
 
 
 @app.command()

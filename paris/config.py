@@ -364,7 +364,12 @@ class SampleConfig(_Model):
         "router's output for the empty caption (separate); see paris/router/routing.py",
     )
     routing: list[Routing] = Field(default_factory=lambda: ["top1", "top2", "full"])
-    prompts: list[str] | None = Field(None, description="Default: one prompt per digit for digits")
+    prompts: list[str] | None = Field(
+        None,
+        description="Default: for labelled data (digits, a folder with labels) prompts_per_class held-out captions "
+        "per class, scored by the judge; else some held-out captions",
+    )
+    prompts_per_class: int = Field(1, ge=1, le=64, description="Labelled data: held-out captions sampled per class")
     per_prompt: ImagesPerPrompt = 8
     seed: int = 0
     device: str = Field("auto", pattern=DEVICE_PATTERN, description="auto, cpu, cuda, cuda:N or mps")
@@ -392,6 +397,29 @@ class ServeConfig(_Model):
     )
 
 
+class StudyConfig(_Model):
+    """`paris study`: the ensemble against a monolith trained on all the data with the same FLOPs."""
+
+    seeds: int = Field(3, ge=1, le=20, description="Training seeds of the main comparison (mean and spread)")
+    budgets: list[Annotated[float, Field(gt=0, le=4)]] = Field(
+        default_factory=lambda: [0.25, 0.5, 1.0],
+        min_length=1,
+        description="The compute curve (seed 0): fractions of train.steps and router.train.steps; 1.0 reuses seed 0",
+    )
+    quick: float = Field(
+        0.1, gt=0, le=1,
+        description="`--quick`: train this fraction of the steps, one seed unless --seeds, one image per prompt",
+    )
+    text_blind_router: bool = Field(
+        True, description="Also train the paper's (x_t, t) router on the same experts (the router ablation)"
+    )
+    expert_steps: Literal["equal", "by_size"] = Field(
+        "equal",
+        description="The ensemble's steps: train.steps for every expert (the paper's recipe), or the same total "
+        "split in proportion to the clusters' sizes (every training image seen as often as by the monolith)",
+    )
+
+
 class RunConfig(_Model):
     """Everything `paris run` needs; each stage reads its part."""
 
@@ -403,6 +431,7 @@ class RunConfig(_Model):
     router: RouterConfig = Field(default_factory=RouterConfig)
     sample: SampleConfig = Field(default_factory=SampleConfig)
     parallel: int = Field(2, ge=1, description="`paris run`: experts trained at once (one process each)")
+    study: StudyConfig = Field(default_factory=StudyConfig)
     serve: ServeConfig = Field(default_factory=ServeConfig)
 
     @model_validator(mode="after")

@@ -51,6 +51,8 @@ class Job:
     argv: list[str]
     prefix: str  # where its progress.json appears
     total: int
+    env: dict[str, str] | None = None  # over the common environment (`paris study`: each job's own config)
+    beside: bool = False  # runs beside the `parallel` slots instead of taking one (the router)
 
 
 def jobs(cfg: RunConfig) -> list[Job]:
@@ -61,7 +63,9 @@ def jobs(cfg: RunConfig) -> list[Job]:
     ]
     # The router trains on the data alone: it starts with the first experts instead of after
     # the last one (see train_models).
-    router = Job("router", [*train, "router", "--no-publish"], router_prefix(cfg.model), cfg.router.train.steps)
+    router = Job(
+        "router", [*train, "router", "--no-publish"], router_prefix(cfg.model), cfg.router.train.steps, beside=True
+    )
     return [router, *out]
 
 
@@ -153,13 +157,19 @@ def train_models(cfg: RunConfig, store: Store, log_dir: Path) -> None:
     child.train.threads = threads
     child.router.train.threads = cfg.router.train.threads or threads
     env = {**os.environ, "PARIS_CONFIG": yaml.safe_dump(child.model_dump(mode="json"))}
+    run_jobs(jobs(cfg), store, log_dir, cfg.parallel, env)
+
+
+def run_jobs(todo: list[Job], store: Store, log_dir: Path, parallel: int, env: dict[str, str]) -> None:
+    """Run the jobs as processes, `parallel` at a time (a `beside` job takes no slot), in
+    order; the first failure stops the others and raises naming its log."""
     gpus = GpuPool(visible_gpus())
     log_dir.mkdir(parents=True, exist_ok=True)
     procs: Procs = {}
     logs = {}
-    todo = jobs(cfg)
     pending = list(todo)
     reported: dict[str, tuple[str, int]] = {}
+    beside = {job.name for job in todo if job.beside}
 
     def poll_progress() -> dict[str, dict[str, Any]]:
         return {job.name: store.get_json_or_none(f"{job.prefix}/progress.json") or {} for job in todo}
@@ -191,16 +201,16 @@ def train_models(cfg: RunConfig, store: Store, log_dir: Path) -> None:
             # The router runs beside the `parallel` experts, one process more: 5 jobs in 2 slots
             # left a core idle for the last one's whole run (the router, ran alone after the
             # experts); 3 processes on 2 cores keep both busy until the end.
-            running = sum(process_state(n, procs) == "running" and n != "router" for n in procs)
-            while pending and (running < cfg.parallel or pending[0].name == "router"):
+            running = sum(process_state(n, procs) == "running" and n not in beside for n in procs)
+            while pending and (running < parallel or pending[0].beside):
                 job = pending.pop(0)
-                job_env = {**env, **gpus.env_for(job.name)}  # several GPUs: one of its own
+                job_env = {**env, **(job.env or {}), **gpus.env_for(job.name)}  # several GPUs: one of its own
                 log = log_dir / f"{job.name.replace(' ', '-')}.log"
                 logs[job.name] = open(log, "wb")  # noqa: SIM115 (closed below)
                 procs[job.name] = subprocess.Popen(
                     job.argv, env=job_env, stdout=logs[job.name], stderr=subprocess.STDOUT, start_new_session=True
                 )
-                running += job.name != "router"
+                running += not job.beside
             failed = [n for n in procs if process_state(n, procs).startswith("exit")]
             if failed:
                 for p in procs.values():

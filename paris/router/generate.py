@@ -14,7 +14,7 @@ from paris.config import RunConfig, SampleConfig
 from paris.data.encoders import tensor_to_images
 from paris.data.shards import load_manifest, load_split, read_captions, split_shards
 from paris.errors import DataError
-from paris.evaluate import DigitsJudge, digit_prompts
+from paris.evaluate import Judge, judgeable, labelled_prompts
 from paris.layout import dataset_prefix, router_prefix, samples_prefix
 from paris.plots import grid, png_bytes
 from paris.progress import console
@@ -91,21 +91,38 @@ def grid_png(images: torch.Tensor, cols: int) -> bytes:
     return png_bytes(grid(pics, cols=cols, scale=scale))
 
 
-def sample_and_score(cfg: RunConfig, store: Store, pipe: ParisPipeline) -> dict[str, Any]:
-    """Per routing mode: a grid in the store, the judge's scores (digits), expert usage."""
-    manifest = load_manifest(store, cfg.data.name)
-    digits = cfg.data.source == "digits" and manifest["holdout"]["size"] >= 50
-    labels: list[int] | None = None
+def judged_prompts(cfg: RunConfig, store: Store, manifest: dict[str, Any]) -> tuple[list[str], list[int] | None]:
+    """The prompts to sample and, for labelled pixel-space data with no `sample.prompts`, the
+    class of each (what the judge checks): `sample.prompts_per_class` held-out captions per class."""
     if cfg.sample.prompts:
-        prompts = cfg.sample.prompts
-    elif digits:
-        prompts, labels = [p for p, _ in digit_prompts()], [d for _, d in digit_prompts()]
-    else:
-        prompts = default_prompts(store, manifest, cfg.sample.seed)
-    judge = DigitsJudge.fit(load_split(store, manifest, "holdout"), cfg.sample.seed) if digits and labels else None
+        return cfg.sample.prompts, None
+    if manifest["holdout"]["size"] >= 50 and manifest["latent"]["space"] == "pixels":
+        holdout = load_split(store, manifest, "holdout")
+        if judgeable(holdout):
+            pairs = labelled_prompts(holdout, cfg.sample.prompts_per_class, cfg.sample.seed)
+            return [p for p, _ in pairs], [y for _, y in pairs]
+    return default_prompts(store, manifest, cfg.sample.seed), None
+
+
+def fit_judge(cfg: RunConfig, store: Store) -> Judge:
+    manifest = load_manifest(store, cfg.data.name)
+    return Judge.fit(load_split(store, manifest, "holdout"), cfg.sample.seed)
+
+
+def sample_and_score(
+    cfg: RunConfig, store: Store, pipe: ParisPipeline, judge: Judge | None = None
+) -> dict[str, Any]:
+    """Per routing mode: a grid in the store, the judge's scores (labelled data), expert usage.
+    `judge`: one already fitted on this data (the study scores many pipelines with one)."""
+    manifest = load_manifest(store, cfg.data.name)
+    prompts, labels = judged_prompts(cfg, store, manifest)
+    if labels is not None and judge is None:
+        judge = fit_judge(cfg, store)
+    judge = judge if labels is not None else None
     results: dict[str, Any] = {
         "modes": {},
         "prompts": prompts,
+        "labels": labels,
         "judge_cv_accuracy": judge.cv_accuracy if judge else None,
     }
     for mode in cfg.sample.routing:

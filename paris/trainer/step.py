@@ -34,6 +34,15 @@ from paris.trainer.attention import Kernel, default_kernel, set_attention
 LossFn = Callable[[torch.nn.Module, torch.Generator, torch.device], torch.Tensor]
 
 
+def count_flops(fn: Callable[[], Any]) -> int:
+    """FLOPs of one call (matmuls and attention, forward and backward), by torch's counter."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        fn()
+    return int(counter.get_total_flops())
+
+
 def step_generator(seed: int, step: int, micro: int = 0) -> torch.Generator:
     return torch.Generator().manual_seed(seed * 1_000_003 + step * 1_009 + micro)
 

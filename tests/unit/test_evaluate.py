@@ -23,7 +23,7 @@ def test_the_digits_judge_tells_real_digits_from_noise() -> None:
     from sklearn.datasets import load_digits
 
     from paris.data.shards import ShardSet
-    from paris.evaluate import DigitsJudge
+    from paris.evaluate import Judge
 
     ds = load_digits()
     images = torch.from_numpy(ds.images).float()[:, None] / 8.0 - 1.0  # [N, 1, 8, 8] in [-1, 1]
@@ -31,7 +31,7 @@ def test_the_digits_judge_tells_real_digits_from_noise() -> None:
     fit, other = slice(0, 400), slice(400, 800)
     holdout = ShardSet(images[fit], torch.zeros(400, 1, 1), torch.ones(400, 1, dtype=torch.bool), labels[fit],
                        torch.zeros(400, dtype=torch.long), [""] * 400)
-    judge = DigitsJudge.fit(holdout)
+    judge = Judge.fit(holdout)
     real = judge.score(images[other], labels[other].numpy())
     noise = judge.score(torch.rand(400, 1, 8, 8) * 2 - 1, labels[other].numpy())
     assert judge.cv_accuracy > 0.8 and real["accuracy"] > 0.8
