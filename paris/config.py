@@ -640,6 +640,15 @@ class ExpertSelector(_Model):
             "joins in a new training"
         ),
     )
+    joining: Literal["grow", "retrain"] = Field(
+        "grow",
+        description=(
+            "What the router does when experts join the ones it serves (an expert added later, a missing one "
+            "that succeeded): grow = start from the served router, its head grown by the new clusters, and "
+            "fine-tune it for router.grow_steps on every cluster (the old experts stay as they are); retrain = "
+            "train a new router from scratch. A change of the router's settings always trains from scratch"
+        ),
+    )
 
     @model_validator(mode="after")
     def _one_way(self) -> ExpertSelector:

@@ -20,7 +20,7 @@ from paris.config import RunConfig, TrainConfig
 from paris.data.shards import ShardSet, load_manifest, load_null_text, load_split, split_shards
 from paris.data.stream import Batches, ShardStream
 from paris.errors import ConfigError
-from paris.fingerprint import Fingerprint, check_resume, dataset_checksum, router_fingerprint
+from paris.fingerprint import Fingerprint, check_resume, dataset_checksum, grown_fingerprint, router_fingerprint
 from paris.layout import dataset_prefix, router_prefix
 from paris.plots import accuracy_plot_png, save_loss_plot
 from paris.progress import console
@@ -151,9 +151,7 @@ def router_fingerprint_of(
     clusters = routed_clusters(manifest, experts)
     checksum = dataset_checksum(manifest, clusters)
     fp = router_fingerprint(cfg.router, cfg.data.name, checksum, dict.fromkeys(clusters, ""))
-    if grown_from is None:
-        return fp
-    return Fingerprint({**fp.fields, "router.grown_from": grown_from})
+    return fp if grown_from is None else grown_fingerprint(fp, grown_from)
 
 
 def grow(old: ParisRouter, new: ParisRouter) -> ParisRouter:
