@@ -172,8 +172,9 @@ class DataConfig(_Model):
     )
     shard_size: int = Field(4096, ge=1, description="Samples per safetensors shard")
     limit: int | None = Field(None, ge=1, description="Use only the first N samples")
-    labels: list[int] | None = Field(
+    labels: list[Annotated[int, Field(ge=0, le=9)]] | None = Field(
         None,
+        min_length=1,
         description="digits: keep only images of these digits (e.g. leave one out, to add it later with "
         "`paris data add`)",
     )
