@@ -114,12 +114,12 @@ def train_expert(
     console.print(f"expert {cluster}: step {result.step}, loss {result.loss:.4f}")
 
 
-def _prefix(value: str | None) -> str | None:
+def _prefix(value: str | None, option: str = "--prefix") -> str | None:
     if value is None:
         return None
     cleaned = value.strip().strip("/")
     if not cleaned or ".." in cleaned.split("/"):
-        raise ParisError(f"--prefix {value!r}: expected a store prefix such as models/<model>/experts/0")
+        raise ParisError(f"{option} {value!r}: expected a store prefix such as models/<model>/experts/0")
     return cleaned
 
 
@@ -170,7 +170,7 @@ def train_router(
 
     cfg, store = _load(config)
     experts = parse_experts(expert, cfg.model)
-    result, _ = run_router(cfg, store, experts, _prefix(prefix), _prefix(grow_from))
+    result, _ = run_router(cfg, store, experts, _prefix(prefix), _prefix(grow_from, "--grow-from"))
     console.print(f"router: step {result.step}, loss {result.loss:.4f}")
     if publish and result.main:  # under torchrun, rank 0 alone publishes
         uri = publish_ensemble(cfg, store, experts, _prefix(prefix))
