@@ -13,7 +13,7 @@ import typer
 from pydantic import ValidationError
 
 from paris.config import DEFAULT_ROUTING, RunConfig, describe_errors, load_config, parse_routing, sample_overrides
-from paris.errors import ParisError
+from paris.errors import ParisError, Preempted
 from paris.progress import console
 from paris.storage import Store, open_store
 
@@ -293,6 +293,9 @@ def main() -> None:
     except KeyboardInterrupt:
         console.print("interrupted")
         sys.exit(130)
+    except Preempted as stop:  # SIGTERM: its checkpoint is written; the next pod resumes there
+        console.print(str(stop), soft_wrap=True, markup=False, highlight=False)
+        sys.exit(stop.exit_code)
 
 
 if __name__ == "__main__":

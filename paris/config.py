@@ -528,6 +528,17 @@ class BatchJobOptions(_Model):
             "The operator waits at least three status polls, so it records the outcome first"
         ),
     )
+    termination_grace_period_seconds: int = Field(
+        300,
+        alias="terminationGracePeriodSeconds",
+        ge=1,
+        le=86_400,
+        description=(
+            "Seconds a pod of its Jobs gets between SIGTERM (a preemption, an eviction, a node drain) and "
+            "SIGKILL: a trainer finishes its step and writes a checkpoint in that time, so the next pod loses "
+            "nothing. Room for the largest checkpoint's upload (Kubernetes' default is 30)"
+        ),
+    )
 
 
 class S3Storage(_Model):

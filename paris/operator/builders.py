@@ -347,10 +347,13 @@ def batch_job(
     With a queue, the Job carries Kueue's queue label and starts suspended: Kueue admits it by
     unsuspending it. The spec hash (default: of `job_spec`) leaves out `suspend` (Kueue flips
     it), the TTL (a new cleanup time must not restart a training) and the failure policy (nor
-    must an operator upgrade)."""
+    must an operator upgrade), and the grace period on SIGTERM (how long a stop may take, not
+    what trains)."""
     annotations = {SPEC_HASH: spec_hash or digest(job_spec), GENERATION: str(generation(body))}
     job_spec = dict(job_spec)
     job_spec["podFailurePolicy"] = pod_failure_policy(job_spec["template"]["spec"]["containers"][0]["name"])
+    pod = {**job_spec["template"]["spec"], "terminationGracePeriodSeconds": opts.termination_grace_period_seconds}
+    job_spec["template"] = {**job_spec["template"], "spec": pod}
     job_lbls = dict(lbls)
     ttl = ttl_seconds(opts, settings)
     if ttl is not None:

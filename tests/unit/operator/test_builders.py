@@ -349,10 +349,11 @@ def test_training_jobs_fail_at_once_on_a_user_error_and_never_count_a_disruption
             "values": [USER_ERROR_EXIT],
         }
         assert TRANSIENT_EXIT not in fail["onExitCodes"]["values"], "an outage is retried"
-    # An operator upgrade that changes the policy does not restart a running training.
-    assert _expert_job(settings)["metadata"]["annotations"][builders.SPEC_HASH] == builders.digest(
-        {k: v for k, v in _expert_job(settings)["spec"].items() if k != "podFailurePolicy"}
-    )
+    # An operator upgrade that changes the policy (or the grace period) does not restart a running training.
+    spec = {k: v for k, v in _expert_job(settings)["spec"].items() if k != "podFailurePolicy"}
+    pod = {k: v for k, v in spec["template"]["spec"].items() if k != "terminationGracePeriodSeconds"}
+    spec["template"] = {**spec["template"], "spec": pod}
+    assert _expert_job(settings)["metadata"]["annotations"][builders.SPEC_HASH] == builders.digest(spec)
 
 
 def test_the_router_job_trains_over_exactly_the_experts_it_is_given(settings: OperatorSettings) -> None:
@@ -482,3 +483,13 @@ def test_a_deployment_without_readable_router_annotations_serves_no_parent(setti
     assert builders.served_router(dep) is None, "rolled out by an older operator"
     dep["metadata"]["annotations"].update({builders.SERVED_ROUTER: "p", builders.SERVED_FINGERPRINT: "{torn"})
     assert builders.served_router(dep) is None
+
+
+def test_a_trainer_pod_gets_time_for_its_sigterm_checkpoint_and_a_new_one_restarts_nothing(
+    settings: OperatorSettings,
+) -> None:
+    job = _expert_job(settings)
+    assert job["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] == 300
+    longer = _expert_job(settings, terminationGracePeriodSeconds=900)
+    assert longer["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] == 900
+    assert longer["metadata"]["annotations"][builders.SPEC_HASH] == job["metadata"]["annotations"][builders.SPEC_HASH]
