@@ -338,6 +338,7 @@ def reconcile_router(body: Mapping[str, Any], patch: kopf.Patch) -> None:
     job_name = prefix = fp = storage_problem = None
     service_name = builders.serve_name(name)
     deployment, dep_conflict = _owned(body, kube.get("Deployment", ns, service_name))
+    served = builders.served_router(deployment)
     if use is not None and creds is not None:
         cfg = builders.storage_config(st, SETTINGS)
         try:
@@ -347,7 +348,7 @@ def reconcile_router(body: Mapping[str, Any], patch: kopf.Patch) -> None:
         else:
             if manifest is not None:
                 # What is served decides whether new experts grow that router or train a new one.
-                version = builders.router_version(spec, manifest, use, builders.served_router(deployment))
+                version = builders.router_version(spec, manifest, use, served)
                 fp, prefix = version.fingerprint, version.prefix
                 _fingerprint_event(body, old_status, fp, cfg.uri, prefix)
     ours = [j for j in kube.list_jobs(ns, f"{API_GROUP}/router={name}") if builders.owns(body, j)]
@@ -375,7 +376,8 @@ def reconcile_router(body: Mapping[str, Any], patch: kopf.Patch) -> None:
             job, conflict = _owned(body, job)
             if created:
                 used = ", ".join(f"{n} (cluster {ens.succeeded[n][0]})" for n in ens.names_of(use))
-                how = f"; growing the router at {version.grow_from}" if version.grow_from else ""
+                grows = version.grow_from and (served is None or served.prefix != version.prefix)
+                how = f"; growing the router at {version.grow_from}" if grows else ""
                 kopf.event(
                     body, type="Normal", reason="RouterTraining", message=f"created Job {job_name} over {used}{how}"
                 )
