@@ -50,7 +50,7 @@ from tests.servers.cluster import Cluster
 from tests.servers.minio import MinioServer
 from tests.servers.podrunner import PodProcess, PodRunner
 
-pytestmark = pytest.mark.timeout(1500)
+pytestmark = pytest.mark.timeout(2400)
 
 
 @pytest.fixture
@@ -170,7 +170,9 @@ def test_an_expert_evicted_seven_times_still_completes(
             fresh = len(pods) > n and alive(pods[-1]) and st.get("step", 0) > last_step
             return pods[-1] if fresh else None
 
-        victim = eventually(running, 300, f"pod {n + 1} to train", debug)
+        # The Job controller delays each replacement pod, evictions included (10 s doubling per
+        # failed pod, at most 10 min: kubernetes/kubernetes#130881), then the pod starts.
+        victim = eventually(running, min(10 * 2**n, 600) + 300, f"pod {n + 1} to train", debug)
         last_step = status_of(cluster, ns, "parisexperts", "evicted")["step"]
         body = {"apiVersion": "policy/v1", "kind": "Eviction", "metadata": {"name": victim.name, "namespace": ns}}
         core.create_namespaced_pod_eviction(victim.name, ns, body)
