@@ -237,7 +237,8 @@ def test_a_degraded_ensemble_serves_what_it_has_and_rolls_forward_when_the_missi
     )
     assert e0["prefix"] != e0_before["prefix"] and e0["fingerprint"]["fields"]["train.lr"] == 0.002
     changed = [e.message for e in events_for(cluster, ns, "e0") if e.reason == "FingerprintChanged"]
-    assert len(changed) == 1 and "train.lr 0.001 -> 0.002" in changed[0] and e0["prefix"] in changed[0], changed
+    # (Two reconciles racing on one change may each say it: at least once, always the same words.)
+    assert changed and all("train.lr 0.001 -> 0.002" in m and e0["prefix"] in m for m in changed), changed
     store = _store(minio_server, bucket)
     trained = checkpoint_fingerprint(store, e0["prefix"])
     assert trained == e0["fingerprint"], "the trainer trained what the operator asked, lr 0.002"
@@ -340,9 +341,16 @@ def test_a_replaced_jobs_successor_starts_only_once_the_old_pod_is_gone(
     overlaps: list[list[str]] = []
     stop = threading.Event()
 
-    def watch() -> None:  # every trainer process of this expert alive at the same moment
+    def watch() -> None:  # every trainer process of this expert training at the same moment
         while not stop.is_set():
-            alive = [p.name for p in pod_runner.processes() if p.namespace == ns and p.proc and p.proc.poll() is None]
+            # A process told to stop is writing its SIGTERM checkpoint: a kubelet keeps its pod
+            # Terminating meanwhile (which the operator waits for), but kwok deletes the pod object
+            # at once, so this emulation cannot hold the successor back for that window.
+            alive = [
+                p.name
+                for p in pod_runner.processes()
+                if p.namespace == ns and p.proc and p.proc.poll() is None and not p.stop_requested.is_set()
+            ]
             if len(alive) > 1:
                 overlaps.append(alive)
             time.sleep(0.05)
@@ -368,17 +376,25 @@ def test_a_resource_deleted_while_the_operator_is_down_is_released_when_it_retur
     k8s_namespace: str,
     minio_server: MinioServer,
     operator: Operator,  # noqa: F811
+    tmp_path: Path,
 ) -> None:
     """kopf's finalizer (it stops the status timer) holds a deleted resource until the operator
     is back; a malformed progress.json meanwhile is reported, not fatal."""
     ns, cluster = k8s_namespace, k8s_cluster
     bucket = minio_server.make_bucket()
+    prepare(minio_server, bucket, tmp_path)  # no Job (hence no jobName) for a dataset not prepared
     create_secret(cluster, ns, minio_server)
     e = expert("held", 0, bucket)
     e["spec"]["nodeSelector"] = {"pool": "nowhere"}  # its pod never runs: this test needs none
-    minio_server.client().put_object(bucket, f"models/{MODEL}/experts/0/progress.json", _bytes(b"{torn"), 5)
     assert apply(cluster, ns, [e]).returncode == 0
     st = until(cluster, ns, "parisexperts", "held", lambda s: bool(s.get("jobName")), "a Job", None)
+    # A torn progress.json where this version trains (as a crashed writer on a store without
+    # atomic PUTs could leave it): reported, not fatal.
+    minio_server.client().put_object(bucket, f"{st['prefix']}/progress.json", _bytes(b"{torn"), 5)
+    def told(s: dict[str, Any]) -> bool:
+        return cond(s, "ProgressMalformed").get("status") == "True"
+
+    st = until(cluster, ns, "parisexperts", "held", told, "the malformed file reported", None)
     bad = cond(st, "ProgressMalformed")
     assert bad["status"] == "True" and "progress.json is not JSON" in bad["message"], bad
     assert st["phase"] == "Pending" and operator.proc is not None and operator.proc.alive()
