@@ -13,7 +13,7 @@ import typer
 from pydantic import ValidationError
 
 from paris.config import DEFAULT_ROUTING, RunConfig, describe_errors, load_config, parse_routing, sample_overrides
-from paris.errors import ParisError
+from paris.errors import ParisError, Preempted
 from paris.progress import console
 from paris.storage import Store, open_store
 
@@ -114,12 +114,12 @@ def train_expert(
     console.print(f"expert {cluster}: step {result.step}, loss {result.loss:.4f}")
 
 
-def _prefix(value: str | None) -> str | None:
+def _prefix(value: str | None, option: str = "--prefix") -> str | None:
     if value is None:
         return None
     cleaned = value.strip().strip("/")
     if not cleaned or ".." in cleaned.split("/"):
-        raise ParisError(f"--prefix {value!r}: expected a store prefix such as models/<model>/experts/0")
+        raise ParisError(f"{option} {value!r}: expected a store prefix such as models/<model>/experts/0")
     return cleaned
 
 
@@ -170,7 +170,7 @@ def train_router(
 
     cfg, store = _load(config)
     experts = parse_experts(expert, cfg.model)
-    result, _ = run_router(cfg, store, experts, _prefix(prefix), _prefix(grow_from))
+    result, _ = run_router(cfg, store, experts, _prefix(prefix), _prefix(grow_from, "--grow-from"))
     console.print(f"router: step {result.step}, loss {result.loss:.4f}")
     if publish and result.main:  # under torchrun, rank 0 alone publishes
         uri = publish_ensemble(cfg, store, experts, _prefix(prefix))
@@ -316,6 +316,9 @@ def main() -> None:
     except KeyboardInterrupt:
         console.print("interrupted")
         sys.exit(130)
+    except Preempted as stop:  # SIGTERM: its checkpoint is written; the next pod resumes there
+        console.print(str(stop), soft_wrap=True, markup=False, highlight=False)
+        sys.exit(stop.exit_code)
 
 
 if __name__ == "__main__":

@@ -183,8 +183,9 @@ class DataConfig(_Model):
     )
     shard_size: int = Field(4096, ge=1, description="Samples per safetensors shard")
     limit: int | None = Field(None, ge=1, description="Use only the first N samples")
-    labels: list[int] | None = Field(
+    labels: list[Annotated[int, Field(ge=0, le=9)]] | None = Field(
         None,
+        min_length=1,
         description="digits: keep only images of these digits (e.g. leave one out, to add it later with "
         "`paris data add`)",
     )
@@ -594,6 +595,17 @@ class BatchJobOptions(_Model):
             "The operator waits at least three status polls, so it records the outcome first"
         ),
     )
+    termination_grace_period_seconds: int = Field(
+        300,
+        alias="terminationGracePeriodSeconds",
+        ge=1,
+        le=86_400,
+        description=(
+            "Seconds a pod of its Jobs gets between SIGTERM (a preemption, an eviction, a node drain) and "
+            "SIGKILL: a trainer finishes its step and writes a checkpoint in that time, so the next pod loses "
+            "nothing. Room for the largest checkpoint's upload (Kubernetes' default is 30)"
+        ),
+    )
 
 
 class S3Storage(_Model):
@@ -705,6 +717,15 @@ class ExpertSelector(_Model):
             "selected expert has Succeeded or Failed and at least this many Succeeded, the router trains over "
             "those and serves them (phase Degraded while any is missing); a missing one that succeeds later "
             "joins in a new training"
+        ),
+    )
+    joining: Literal["grow", "retrain"] = Field(
+        "grow",
+        description=(
+            "What the router does when experts join the ones it serves (an expert added later, a missing one "
+            "that succeeded): grow = start from the served router, its head grown by the new clusters, and "
+            "fine-tune it for router.grow_steps on every cluster (the old experts stay as they are); retrain = "
+            "train a new router from scratch. A change of the router's settings always trains from scratch"
         ),
     )
 

@@ -11,6 +11,9 @@ USER_ERROR_EXIT = 2
 # Something outside the user's control that a later attempt may not meet (the object store
 # stayed unreachable past its deadline): the Job retries, within its backoffLimit.
 TRANSIENT_EXIT = 75  # EX_TEMPFAIL of sysexits.h
+# Stopped on SIGTERM (a preemption, an eviction) after writing a checkpoint: what a process that
+# SIGTERM killed reports (128 + 15). A Job counts it unless the pod was disrupted (DisruptionTarget).
+PREEMPTED_EXIT = 143
 
 
 class ParisError(Exception):
@@ -39,3 +42,14 @@ class StoreUnavailable(StorageError):
 
 class TrainingError(ParisError):
     """Training cannot go on with these settings (e.g. the loss diverged)."""
+
+
+class Preempted(Exception):
+    """The trainer stopped on SIGTERM after writing its checkpoint at `step` (not a mistake:
+    the CLI says so in one line and exits PREEMPTED_EXIT; paris.trainer.preempt)."""
+
+    exit_code = PREEMPTED_EXIT
+
+    def __init__(self, label: str, step: int) -> None:
+        super().__init__(f"{label}: stopped on SIGTERM after writing the checkpoint at step {step}")
+        self.step = step

@@ -128,6 +128,16 @@ def router_fingerprint(
     )
 
 
+GROWN_FROM = "router.grown_from"  # the digest of the router a grown one started from
+
+
+def grown_fingerprint(fp: Fingerprint, parent: str) -> Fingerprint:
+    """A router grown from the router of digest `parent` (its head widened by new classes and
+    fine-tuned): its weights depend on that parent too, so it is another version than one of the
+    same settings trained from scratch."""
+    return Fingerprint({**fp.fields, GROWN_FROM: parent})
+
+
 def pipeline_fingerprint(
     router: Fingerprint | Mapping[str, Any], experts: Mapping[int, Mapping[str, Any] | None]
 ) -> Fingerprint:

@@ -32,9 +32,31 @@ from paris.storage import Store
 ADDED_INDEX = 100_000
 
 
+def check_new_data(dataset: DataConfig, new: DataConfig) -> None:
+    """Refuse, in one line, new data that cannot be what the user meant: the built-in digits
+    added with a path, or without naming digits (all of them again), or digits the dataset
+    already holds (they would train in two clusters); labels on a source that has none."""
+    if new.source != "digits":
+        if new.labels is not None:
+            raise DataError("--label: only the digits source has labels")
+        return
+    if new.path is not None:
+        raise DataError("--path: the digits source is built in; --path is for folder and webdataset")
+    if not new.labels:
+        raise DataError("--label: name the digits to add (e.g. --label 9), not every digit again")
+    held = set(range(10) if dataset.labels is None else dataset.labels) if dataset.source == "digits" else set()
+    again = sorted(held & set(new.labels))
+    if again:
+        raise DataError(
+            f"--label {', '.join(map(str, again))}: already in dataset {dataset.name!r} (data.labels): "
+            "they would train in two clusters"
+        )
+
+
 def add_cluster(dataset: DataConfig, new: DataConfig, store: Store) -> dict[str, Any]:
     """Encode `new`'s samples with `dataset`'s encoders into a new cluster of `dataset`.
     Returns the new manifest. Adding the same input twice is refused."""
+    check_new_data(dataset, new)
     manifest = load_manifest(store, dataset.name)
     source_cfg = new.model_dump(mode="json", include={"source", "path", "labels", "limit", "part_size"})
     for done in manifest.get("added") or []:

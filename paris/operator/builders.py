@@ -11,6 +11,7 @@ import hashlib
 import json
 import math
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import kopf
@@ -34,7 +35,14 @@ from paris.config import (
     StorageConfig,
 )
 from paris.errors import USER_ERROR_EXIT
-from paris.fingerprint import Fingerprint, dataset_checksum, expert_fingerprint, router_fingerprint
+from paris.fingerprint import (
+    GROWN_FROM,
+    Fingerprint,
+    dataset_checksum,
+    expert_fingerprint,
+    grown_fingerprint,
+    router_fingerprint,
+)
 from paris.layout import expert_prefix, router_prefix, versioned
 
 MANAGED_BY = "paris-operator"
@@ -339,10 +347,13 @@ def batch_job(
     With a queue, the Job carries Kueue's queue label and starts suspended: Kueue admits it by
     unsuspending it. The spec hash (default: of `job_spec`) leaves out `suspend` (Kueue flips
     it), the TTL (a new cleanup time must not restart a training) and the failure policy (nor
-    must an operator upgrade)."""
+    must an operator upgrade), and the grace period on SIGTERM (how long a stop may take, not
+    what trains)."""
     annotations = {SPEC_HASH: spec_hash or digest(job_spec), GENERATION: str(generation(body))}
     job_spec = dict(job_spec)
     job_spec["podFailurePolicy"] = pod_failure_policy(job_spec["template"]["spec"]["containers"][0]["name"])
+    pod = {**job_spec["template"]["spec"], "terminationGracePeriodSeconds": opts.termination_grace_period_seconds}
+    job_spec["template"] = {**job_spec["template"], "spec": pod}
     job_lbls = dict(lbls)
     ttl = ttl_seconds(opts, settings)
     if ttl is not None:
@@ -449,10 +460,62 @@ def expert_version(spec: ParisExpertSpec, manifest: Mapping[str, Any]) -> tuple[
     return fp, versioned(expert_store_prefix(spec), fp.digest)
 
 
-def router_version(spec: ParisRouterSpec, manifest: Mapping[str, Any], experts: ExpertSet) -> tuple[Fingerprint, str]:
-    """The router's fingerprint over these experts, and the prefix it trains into."""
-    fp = router_fingerprint(spec.router, spec.data.name, dataset_checksum(manifest, sorted(experts)), experts)
-    return fp, versioned(router_prefix(spec.model), fp.digest)
+@dataclass(frozen=True)
+class RouterVersion:
+    """The router a ParisRouter wants now: its fingerprint, the prefix it trains into, and the
+    prefix of the served router it grows from (None: trained from scratch)."""
+
+    fingerprint: Fingerprint
+    prefix: str
+    grow_from: str | None = None
+
+
+@dataclass(frozen=True)
+class ServedRouter:
+    """The router a serving Deployment's pipeline holds (its annotations, served_router)."""
+
+    prefix: str
+    fingerprint: Fingerprint
+    grown_from: str | None = None  # the prefix of the router it grew from
+
+
+def _router_fp(spec: ParisRouterSpec, manifest: Mapping[str, Any], clusters: list[int]) -> Fingerprint:
+    checksum = dataset_checksum(manifest, clusters)
+    return router_fingerprint(spec.router, spec.data.name, checksum, dict.fromkeys(clusters, ""))
+
+
+def router_version(
+    spec: ParisRouterSpec, manifest: Mapping[str, Any], experts: ExpertSet, served: ServedRouter | None = None
+) -> RouterVersion:
+    """The router over these experts, given the one served now.
+
+    - The served router already routes over these clusters with these settings (perhaps grown
+      to them earlier): it is the one, nothing trains.
+    - It routes over a strict subset of them, with the same settings on the same data of its
+      clusters, and `experts.joining` is grow: grow it by the new clusters (a new version whose
+      fingerprint names its parent), as `paris train router --grow-from` does.
+    - Otherwise (no router served, settings or data changed, an expert gone, joining retrain):
+      a router from scratch.
+
+    A function of what is served, not of what the last reconcile decided: while the grown
+    router trains, the parent stays served, so the answer stays the same."""
+    clusters = sorted(experts)
+    fresh = _router_fp(spec, manifest, clusters)
+    scratch = RouterVersion(fresh, versioned(router_prefix(spec.model), fresh.digest))
+    if served is None:
+        return scratch
+    fields = {k: v for k, v in served.fingerprint.fields.items() if k != GROWN_FROM}
+    if fields == fresh.fields:  # (a grown one is trained again, e.g. to publish new experts, from its parent)
+        return RouterVersion(served.fingerprint, served.prefix, served.grown_from)
+    before = fields.get("router.clusters")
+    if spec.experts.joining != "grow" or not isinstance(before, list) or not set(before) < set(clusters):
+        return scratch
+    if not all(isinstance(k, int) and 0 <= k < len(manifest.get("clusters") or []) for k in before):
+        return scratch
+    if _router_fp(spec, manifest, sorted(before)).fields != fields:
+        return scratch  # other settings, or its clusters' data changed: it is no parent of this router
+    grown = grown_fingerprint(fresh, served.fingerprint.digest)
+    return RouterVersion(grown, versioned(router_prefix(spec.model), grown.digest), served.prefix)
 
 
 def router_training_hash(
@@ -474,13 +537,22 @@ def router_training_hash(
 
 
 def build_router_job(
-    body: Body, spec: ParisRouterSpec, settings: OperatorSettings, experts: ExpertSet, prefix: str | None = None
+    body: Body,
+    spec: ParisRouterSpec,
+    settings: OperatorSettings,
+    experts: ExpertSet,
+    prefix: str | None = None,
+    grow_from: str | None = None,
 ) -> dict[str, Any]:
     """`paris train router` over exactly `experts` into `prefix` (router_version): trains the
-    router, then assembles and publishes the pipeline of those experts."""
+    router (or grows the one at `grow_from`), then assembles and publishes the pipeline of
+    those experts. `grow_from` stays out of the Job's name: the prefix already says which
+    router it makes, and once it is served the same Job is the one wanted."""
     h = router_training_hash(spec, settings, experts, prefix)
     lbls = labels(body, "router-train", spec.model)
     where = ["--prefix", prefix] if prefix else []
+    if grow_from:
+        where += ["--grow-from", grow_from]
     container = {
         "name": "trainer",
         "command": ["paris", "train", "router", *expert_args(experts), *where],
@@ -494,14 +566,39 @@ def build_router_job(
 
 
 SERVED_EXPERTS = f"{API_GROUP}/experts"  # the ParisExperts a served pipeline holds, comma-separated
+SERVED_ROUTER = f"{API_GROUP}/router-prefix"  # the store prefix of the router a served pipeline holds
+SERVED_FINGERPRINT = f"{API_GROUP}/router-fingerprint"  # that router's fingerprint fields, JSON
+SERVED_PARENT = f"{API_GROUP}/router-grown-from"  # the prefix of the router it grew from, if it grew
+
+
+def served_router(deployment: Mapping[str, Any] | None) -> ServedRouter | None:
+    """The router a Deployment of ours serves, from its annotations; None when it has none (made
+    by an older operator) or they do not parse: the next router then trains from scratch."""
+    ann = ((deployment or {}).get("metadata") or {}).get("annotations") or {}
+    prefix, raw = ann.get(SERVED_ROUTER), ann.get(SERVED_FINGERPRINT)
+    if not prefix or not raw:
+        return None
+    try:
+        fields = json.loads(raw)
+    except ValueError:
+        return None
+    if not isinstance(fields, dict):
+        return None
+    return ServedRouter(str(prefix), Fingerprint(fields), ann.get(SERVED_PARENT) or None)
 
 
 def build_serve_deployment(
-    body: Body, spec: ParisRouterSpec, settings: OperatorSettings, pipeline: str, experts: list[str] | None = None
+    body: Body,
+    spec: ParisRouterSpec,
+    settings: OperatorSettings,
+    pipeline: str,
+    experts: list[str] | None = None,
+    router: RouterVersion | None = None,
 ) -> dict[str, Any]:
     """`paris serve` behind a readiness probe on /readyz (true once the weights loaded).
     `pipeline` names the training that produced the weights: a new one rolls the pods.
-    `experts` (names) are recorded on the Deployment: what it serves, for the router's status."""
+    `experts` (names) are recorded on the Deployment: what it serves, for the router's status;
+    and `router` (its prefix and fingerprint): what a router growing by new experts starts from."""
     inf = spec.inference
     lbls = labels(body, "serve", spec.model)
     # Serving only reads the store: a read-only credential when one is named.
@@ -534,6 +631,11 @@ def build_serve_deployment(
     annotations = {SPEC_HASH: digest(deploy_spec), GENERATION: str(generation(body))}
     if experts is not None:
         annotations[SERVED_EXPERTS] = ",".join(sorted(experts))
+    if router is not None:
+        annotations[SERVED_ROUTER] = router.prefix
+        annotations[SERVED_FINGERPRINT] = json.dumps(router.fingerprint.fields, sort_keys=True)
+        if router.grow_from:
+            annotations[SERVED_PARENT] = router.grow_from
     return child(body, "apps/v1", "Deployment", serve_name(body["metadata"]["name"]), lbls, deploy_spec, annotations)
 
 

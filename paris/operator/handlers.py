@@ -336,8 +336,11 @@ def reconcile_router(body: Mapping[str, Any], patch: kopf.Patch) -> None:
         ns, builders.secret_name(st, SETTINGS), (st.access_key_key, st.secret_key_key)
     )
     old_status = body.get("status") or {}
-    job = finished = conflict = replacing = None
+    job = finished = conflict = replacing = version = None
     job_name = prefix = fp = storage_problem = None
+    service_name = builders.serve_name(name)
+    deployment, dep_conflict = _owned(body, kube.get("Deployment", ns, service_name))
+    served = builders.served_router(deployment)
     if use is not None and creds is not None:
         cfg = builders.storage_config(st, SETTINGS)
         try:
@@ -346,11 +349,13 @@ def reconcile_router(body: Mapping[str, Any], patch: kopf.Patch) -> None:
             storage_problem = f"cannot read the dataset from {cfg.endpoint or 'the store'}: {type(err).__name__}"
         else:
             if manifest is not None:
-                fp, prefix = builders.router_version(spec, manifest, use)
+                # What is served decides whether new experts grow that router or train a new one.
+                version = builders.router_version(spec, manifest, use, served)
+                fp, prefix = version.fingerprint, version.prefix
                 _fingerprint_event(body, old_status, fp, cfg.uri, prefix)
     ours = [j for j in kube.list_jobs(ns, f"{API_GROUP}/router={name}") if builders.owns(body, j)]
-    if use is not None and prefix is not None:
-        desired_job = builders.build_router_job(body, spec, SETTINGS, use, prefix)
+    if use is not None and version is not None:
+        desired_job = builders.build_router_job(body, spec, SETTINGS, use, version.prefix, version.grow_from)
         job_name = desired_job["metadata"]["name"]
         job, conflict = _owned(body, kube.get("Job", ns, job_name))
         # A training Job that finished and was cleaned up (TTL) is not trained again.
@@ -373,16 +378,18 @@ def reconcile_router(body: Mapping[str, Any], patch: kopf.Patch) -> None:
             job, conflict = _owned(body, job)
             if created:
                 used = ", ".join(f"{n} (cluster {ens.succeeded[n][0]})" for n in ens.names_of(use))
-                kopf.event(body, type="Normal", reason="RouterTraining", message=f"created Job {job_name} over {used}")
+                grows = version.grow_from and (served is None or served.prefix != version.prefix)
+                how = f"; growing the router at {version.grow_from}" if grows else ""
+                kopf.event(
+                    body, type="Normal", reason="RouterTraining", message=f"created Job {job_name} over {used}{how}"
+                )
 
-    service_name = builders.serve_name(name)
-    deployment, dep_conflict = _owned(body, kube.get("Deployment", ns, service_name))
     service, svc_conflict = _owned(body, kube.get("Service", ns, service_name))
     trained = job_outcome(job)[0] if job is not None else (finished or {}).get("phase")
     if use is not None and trained == SUCCEEDED and job_name is not None:
         if service is None and svc_conflict is None:
             service, svc_conflict = _owned(body, kube.create_or_get(builders.build_serve_service(body, spec))[0])
-        want_dep = builders.build_serve_deployment(body, spec, SETTINGS, job_name, ens.names_of(use))
+        want_dep = builders.build_serve_deployment(body, spec, SETTINGS, job_name, ens.names_of(use), version)
         if deployment is None and dep_conflict is None:
             deployment, created = kube.create_or_get(want_dep)
             deployment, dep_conflict = _owned(body, deployment)
@@ -412,6 +419,7 @@ def reconcile_router(body: Mapping[str, Any], patch: kopf.Patch) -> None:
         pod_message=_pod_message(ns, job_name) if job is not None and job_name and trained == FAILED else None,
         prefix=prefix or old_status.get("prefix"),
         fingerprint=fp.record() if fp is not None else old_status.get("fingerprint"),
+        grown_from=version.grow_from if version is not None else old_status.get("grownFrom"),
     )
     _apply(body, patch, router_status(body.get("status"), facts))
 

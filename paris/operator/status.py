@@ -373,6 +373,7 @@ class RouterFacts:
     pod_message: str | None = None  # what the failed router trainer said
     prefix: str | None = None  # the store prefix the router trains into (its fingerprint's version)
     fingerprint: Mapping[str, Any] | None = None
+    grown_from: str | None = None  # the prefix of the served router it grows from (new experts joined)
     storage_problem: str | None = None  # the dataset's manifest could not be read
 
 
@@ -461,6 +462,7 @@ def router_status(old: Mapping[str, Any] | None, f: RouterFacts) -> Computed:
         status["prefix"] = f.prefix
     if f.fingerprint:
         status["fingerprint"] = dict(f.fingerprint)
+    status["grownFrom"] = f.grown_from  # None (removed by the merge patch) for a router trained from scratch
     record = _record(f.job, f.finished, f.pod_message)
     status["trainJob"] = (f.job or {}).get("metadata", {}).get("name") or (record or {}).get("name")
     status["finishedJob"] = record

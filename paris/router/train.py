@@ -20,7 +20,7 @@ from paris.config import RunConfig, TrainConfig
 from paris.data.shards import ShardSet, load_manifest, load_null_text, load_split, split_shards
 from paris.data.stream import Batches, ShardStream
 from paris.errors import ConfigError
-from paris.fingerprint import Fingerprint, check_resume, dataset_checksum, router_fingerprint
+from paris.fingerprint import Fingerprint, check_resume, dataset_checksum, grown_fingerprint, router_fingerprint
 from paris.layout import dataset_prefix, router_prefix
 from paris.plots import accuracy_plot_png, save_loss_plot
 from paris.progress import console
@@ -151,9 +151,28 @@ def router_fingerprint_of(
     clusters = routed_clusters(manifest, experts)
     checksum = dataset_checksum(manifest, clusters)
     fp = router_fingerprint(cfg.router, cfg.data.name, checksum, dict.fromkeys(clusters, ""))
-    if grown_from is None:
-        return fp
-    return Fingerprint({**fp.fields, "router.grown_from": grown_from})
+    return fp if grown_from is None else grown_fingerprint(fp, grown_from)
+
+
+def parent_digest(store: Store, grow_from: str, fp: Fingerprint) -> str:
+    """What a router grown from `grow_from` records as its parent (its fingerprint's digest),
+    once it is sure that `grow_from` holds a trained router of this architecture: anything
+    else is a user's mistake, said in one line before any training starts."""
+    where = store.uri(grow_from)
+    if not store.exists(f"{grow_from}/latest.json"):
+        raise ConfigError(f"--grow-from {where}: no trained router there (no latest.json)")
+    found = checkpoint_fingerprint(store, grow_from)
+    if found is None:  # a router trained before fingerprints: its weights will tell
+        return grow_from
+    fields = found.get("fields") or {}
+    if "router.clusters" not in fields:
+        raise ConfigError(f"--grow-from {where}: holds the checkpoints of an expert, not of a router")
+    arch = {k: v for k, v in fp.fields.items() if k.startswith("router.model.")}
+    old = {k: v for k, v in fields.items() if k.startswith("router.model.")}
+    if old != arch:
+        changed = "; ".join(Fingerprint(arch).changes(old))
+        raise ConfigError(f"--grow-from {where}: a router of another architecture ({changed}): it cannot grow")
+    return str(found.get("digest") or grow_from)
 
 
 def grow(old: ParisRouter, new: ParisRouter) -> ParisRouter:
@@ -172,7 +191,11 @@ def grow(old: ParisRouter, new: ParisRouter) -> ParisRouter:
     for i, k in enumerate(before):
         w[after.index(k)], b[after.index(k)] = w_old[i], b_old[i]
     state[f"{head}.weight"], state[f"{head}.bias"] = w, b
-    new.load_state_dict(state)
+    try:
+        new.load_state_dict(state)
+    except RuntimeError as err:  # a parent of another architecture (one trained before fingerprints)
+        why = str(err).splitlines()[-1].strip()
+        raise ConfigError(f"--grow-from: a router of another architecture: {why}") from None
     return new
 
 
@@ -197,8 +220,7 @@ def train_router(
     prefix = prefix or router_prefix(cfg.model)
     parent = None
     if grow_from is not None:
-        parent_fp = checkpoint_fingerprint(store, grow_from) or {}
-        parent = parent_fp.get("digest") or grow_from
+        parent = parent_digest(store, grow_from, router_fingerprint_of(cfg, manifest, experts))
     fp = router_fingerprint_of(cfg, manifest, experts, parent)
     check_resume(checkpoint_fingerprint(store, prefix), fp, store.uri(prefix))
     label_of = class_of(clusters)
@@ -221,7 +243,12 @@ def train_router(
     model = build_router(cfg.router.model, len(clusters), manifest["latent"], manifest["text"]["dim"], clusters)
     if grow_from is not None:
         with tempfile.TemporaryDirectory() as tmp:
-            model = grow(ParisRouter.from_pretrained(fetch_weights(store, grow_from, Path(tmp), which="ema")), model)
+            weights = fetch_weights(store, grow_from, Path(tmp), which="ema")
+            try:
+                old = ParisRouter.from_pretrained(weights)
+            except (TypeError, ValueError, OSError) as err:  # only a parent from before fingerprints gets here
+                raise ConfigError(f"--grow-from {store.uri(grow_from)}: not a router's weights ({err})") from None
+            model = grow(old, model)
         console.print(f"router: grown from {store.uri(grow_from)} to clusters {clusters}")
     meta: dict[str, Any] = {
         "clusters": clusters,

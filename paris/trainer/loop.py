@@ -33,6 +33,7 @@ from paris.progress import bar, console
 from paris.storage import Store
 from paris.trainer import distributed
 from paris.trainer.checkpoint import fetch_checkpoint, load_ema, save_checkpoint
+from paris.trainer.preempt import Preempted, StopRequest
 from paris.trainer.step import LossFn, StepOptions, TrainStep, prepare_model, step_generator
 
 __all__ = ["LossFn", "TrainResult", "attention_backend", "autocast_dtype", "resolve_device", "step_generator", "train"]
@@ -165,19 +166,21 @@ def _train(
             keep=cfg.keep_checkpoints,
         )
 
-    def read_losses(pending: list[torch.Tensor]) -> list[float]:
-        """The one host sync: the losses of the steps since the last read (averaged over ranks)."""
+    def read_losses(pending: list[torch.Tensor], stop: bool) -> tuple[list[float], bool]:
+        """The one host sync: the losses of the steps since the last read (averaged over ranks),
+        and whether any rank was asked to stop (the ranks agree on the step they stop at)."""
         losses = torch.stack(pending)
         if ranks.world > 1:
-            torch.distributed.all_reduce(losses)
-            losses /= ranks.world
-        return cast(list[float], losses.tolist())
+            both = torch.cat([losses, torch.tensor([float(stop)], device=losses.device, dtype=losses.dtype)])
+            torch.distributed.all_reduce(both)
+            losses, stop = both[:-1] / ranks.world, bool(both[-1].item() > 0)
+        return cast(list[float], losses.tolist()), stop
 
     t0 = time.time()
     smooth = history[-1][1] if history else math.nan
     log_every = max(1, min(cfg.log_every, cfg.steps))
     pending: list[torch.Tensor] = []
-    with bar(label) as progress, attention_backend(device):
+    with bar(label) as progress, attention_backend(device), StopRequest() as sigterm:
         task = progress.add_task(label, total=cfg.steps, completed=start, info="")
         for step in range(start, cfg.steps):
             if on_step is not None:
@@ -186,10 +189,13 @@ def _train(
             done = step + 1
             log_now = done % log_every == 0 or done == cfg.steps
             save_now = done % cfg.checkpoint_every == 0 or done == cfg.steps
-            if not (log_now or save_now):
+            # One process stops at the next step; ranks agree at the next log line (no extra sync).
+            stopping = sigterm.requested and ranks.world == 1
+            if not (log_now or save_now or stopping):
                 continue
             first = done - len(pending) + 1
-            for i, value in enumerate(read_losses(pending)):
+            values, stopping = read_losses(pending, sigterm.requested)
+            for i, value in enumerate(values):
                 if not math.isfinite(value):
                     raise TrainingError(
                         f"{label}: loss became {value} at step {first + i} (lr {cfg.lr:g}); lower train.lr "
@@ -197,16 +203,18 @@ def _train(
                     )
                 smooth = value if math.isnan(smooth) else 0.95 * smooth + 0.05 * value
             pending.clear()
-            if log_now:
+            if log_now or stopping:
                 history.append((done, round(smooth, 5)))
                 rate = (done - start) / max(time.time() - t0, 1e-9)
                 if ranks.main:
-                    write_progress(done, smooth, rate, "training")
+                    write_progress(done, smooth, rate, "stopping" if stopping else "training")
                 progress.update(task, completed=done, info=f"loss {smooth:.4f}")
                 if ranks.main and not progress.live.is_started and done % (log_every * 10) == 0:
                     console.print(f"{label}: step {done}/{cfg.steps} loss {smooth:.4f} ({rate:.1f} steps/s)")
-            if save_now and ranks.main:
+            if (save_now or stopping) and ranks.main:
                 checkpoint(done)
+            if stopping and done < cfg.steps:
+                raise Preempted(label, done)
 
     seconds = time.time() - t0
     if ranks.main:

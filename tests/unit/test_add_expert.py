@@ -68,3 +68,37 @@ def test_an_expert_added_later_joins_without_touching_the_old_ones(tmp_path: Pat
     assert (router["num_clusters"], router["clusters"]) == (3, [0, 1, 2])
     state = json.loads((store / "models/tiny/router/3/checkpoints/step-000001/state.json").read_text())
     assert state["grown_from"] == "models/tiny/router" and state["fingerprint"]["fields"]["router.grown_from"]
+
+    # A prefix to grow from that holds no router, or a router of another architecture: one line.
+    wider = str(write_config(tmp_path / "w.yaml", deep_update(base, {"router": {"model": {"hidden_size": 64}}})))
+    mistakes = {
+        ("--grow-from", "models/tiny/nothing"): "no trained router there",
+        ("--grow-from", "../up"): "--grow-from '../up': expected a store prefix",
+        ("--grow-from", "models/tiny/experts/0"): "holds the checkpoints of an expert, not of a router",
+    }
+    for args, said in mistakes.items():
+        r = paris_cli("train", "router", cfg, *args, "--prefix", "models/tiny/router/x")
+        assert r.returncode == 2 and _one_error_line(r.stderr, said), r.stderr
+    r = paris_cli("train", "router", wider, "--grow-from", "models/tiny/router", "--prefix", "models/tiny/router/x")
+    assert r.returncode == 2 and _one_error_line(r.stderr, "another architecture (router.model.hidden_size 32 -> 64)")
+
+
+def _one_error_line(stderr: str, said: str) -> bool:
+    lines = stderr.strip().splitlines()
+    return "Traceback" not in stderr and lines[-1].startswith("error: ") and said in lines[-1]
+
+
+def test_new_data_that_cannot_be_meant_is_refused_in_one_line(tmp_path: Path) -> None:
+    cfg = str(write_config(tmp_path / "c.yaml", tiny_config(f"file://{tmp_path / 's'}", data={"labels": [0, 1, 2]})))
+    mistakes = {
+        (): "--label: name the digits to add",
+        ("--label", "2"): "--label 2: already in dataset 'digits-mini'",
+        ("--label", "12"): "data.labels.0: Input should be less than or equal to 9",
+        ("--label", "9", "--path", str(tmp_path)): "--path: the digits source is built in",
+        ("--source", "folder", "--path", str(tmp_path), "--label", "9"): "--label: only the digits source has labels",
+        ("--source", "tarballs"): "data.source: Input should be 'digits', 'folder' or 'webdataset'",
+        ("--label", "9"): "dataset 'digits-mini' not found",
+    }
+    for args, said in mistakes.items():
+        r = paris_cli("data", "add", cfg, *args)
+        assert r.returncode == 2 and _one_error_line(r.stderr, said), (args, r.stderr)

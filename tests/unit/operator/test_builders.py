@@ -349,10 +349,11 @@ def test_training_jobs_fail_at_once_on_a_user_error_and_never_count_a_disruption
             "values": [USER_ERROR_EXIT],
         }
         assert TRANSIENT_EXIT not in fail["onExitCodes"]["values"], "an outage is retried"
-    # An operator upgrade that changes the policy does not restart a running training.
-    assert _expert_job(settings)["metadata"]["annotations"][builders.SPEC_HASH] == builders.digest(
-        {k: v for k, v in _expert_job(settings)["spec"].items() if k != "podFailurePolicy"}
-    )
+    # An operator upgrade that changes the policy (or the grace period) does not restart a running training.
+    spec = {k: v for k, v in _expert_job(settings)["spec"].items() if k != "podFailurePolicy"}
+    pod = {k: v for k, v in spec["template"]["spec"].items() if k != "terminationGracePeriodSeconds"}
+    spec["template"] = {**spec["template"], "spec": pod}
+    assert _expert_job(settings)["metadata"]["annotations"][builders.SPEC_HASH] == builders.digest(spec)
 
 
 def test_the_router_job_trains_over_exactly_the_experts_it_is_given(settings: OperatorSettings) -> None:
@@ -420,3 +421,75 @@ def test_the_launcher_follows_the_gpus_the_pod_gets_from_its_pool(settings: Oper
     assert all(v["name"] != "dshm" for v in one["volumes"])
     cpu = _expert_job(settings, pool="cpu", resources={})["spec"]["template"]["spec"]
     assert cpu["containers"][0]["command"][0] == "paris"
+
+
+def _manifest(sha: str = "a", clusters: int = 4) -> dict[str, Any]:
+    parts = [{"id": k, "size": 10, "shards": [{"key": f"p{k}", "sha256": sha * 64}]} for k in range(clusters)]
+    return {"num_clusters": clusters, "latent": {"size": 8}, "text": {"dim": 384}, "clusters": parts}
+
+
+def _served(settings: OperatorSettings, rb: dict[str, Any], version: builders.RouterVersion) -> Any:
+    """What the operator reads back from the Deployment it rolled out for `version`."""
+    spec = ParisRouterSpec.model_validate(rb["spec"])
+    dep = builders.build_serve_deployment(rb, spec, settings, "job", ["e0"], version)
+    return builders.served_router(dep)
+
+
+def test_experts_joining_grow_the_served_router_and_anything_else_trains_one_from_scratch(
+    settings: OperatorSettings,
+) -> None:
+    from paris.fingerprint import GROWN_FROM
+
+    rb = router_body()
+    spec = ParisRouterSpec.model_validate(rb["spec"])
+    two, three = {0: "e/0", 1: "e/1"}, {0: "e/0", 1: "e/1", 2: "e/2"}
+    first = builders.router_version(spec, _manifest(), two)
+    assert first.grow_from is None and first.prefix.startswith("models/digits/router/fp-")
+    served = _served(settings, rb, first)
+    assert served is not None and served.prefix == first.prefix and served.fingerprint == first.fingerprint
+
+    # A third expert joins: the served router grows, into a version that names its parent.
+    grown = builders.router_version(spec, _manifest(), three, served)
+    scratch = builders.router_version(spec, _manifest(), three)
+    assert grown.grow_from == first.prefix and grown.prefix not in (first.prefix, scratch.prefix)
+    assert grown.fingerprint.fields == {**scratch.fingerprint.fields, GROWN_FROM: first.fingerprint.digest}
+    # Once it is served it is the one wanted, trained again from the same parent (new expert versions).
+    again = builders.router_version(spec, _manifest(), {**three, 0: "e/0-new"}, _served(settings, rb, grown))
+    assert again == grown
+
+    # From scratch: other router settings, the old clusters' data prepared again, an expert gone,
+    # joining: retrain.
+    lr = ParisRouterSpec.model_validate(router_body(router={"train": {"steps": 30, "lr": 0.01}})["spec"])
+    assert builders.router_version(lr, _manifest(), three, served).grow_from is None
+    assert builders.router_version(spec, _manifest("b"), three, served).grow_from is None
+    assert builders.router_version(spec, _manifest(), {0: "e/0"}, served).grow_from is None
+    no_growth = router_body(experts={"matchLabels": {"a": "b"}, "joining": "retrain"})
+    retrain = ParisRouterSpec.model_validate(no_growth["spec"])
+    assert builders.router_version(retrain, _manifest(), three, served) == scratch
+
+    # The Job grows with --grow-from; its name is that of the version it makes.
+    job = builders.build_router_job(rb, spec, settings, three, grown.prefix, grown.grow_from)
+    command = job["spec"]["template"]["spec"]["containers"][0]["command"]
+    assert command[-4:] == ["--prefix", grown.prefix, "--grow-from", first.prefix]
+    plain = builders.build_router_job(rb, spec, settings, three, grown.prefix)
+    assert job["metadata"]["name"] == plain["metadata"]["name"]
+
+
+def test_a_deployment_without_readable_router_annotations_serves_no_parent(settings: OperatorSettings) -> None:
+    assert builders.served_router(None) is None
+    rb = router_body()
+    spec = ParisRouterSpec.model_validate(rb["spec"])
+    dep = builders.build_serve_deployment(rb, spec, settings, "job", ["e0"])
+    assert builders.served_router(dep) is None, "rolled out by an older operator"
+    dep["metadata"]["annotations"].update({builders.SERVED_ROUTER: "p", builders.SERVED_FINGERPRINT: "{torn"})
+    assert builders.served_router(dep) is None
+
+
+def test_a_trainer_pod_gets_time_for_its_sigterm_checkpoint_and_a_new_one_restarts_nothing(
+    settings: OperatorSettings,
+) -> None:
+    job = _expert_job(settings)
+    assert job["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] == 300
+    longer = _expert_job(settings, terminationGracePeriodSeconds=900)
+    assert longer["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] == 900
+    assert longer["metadata"]["annotations"][builders.SPEC_HASH] == job["metadata"]["annotations"][builders.SPEC_HASH]

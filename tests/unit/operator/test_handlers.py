@@ -512,18 +512,27 @@ def test_a_degraded_router_serves_what_it_has_then_rolls_forward(kube: FakeKube)
     kube.experts[3]["status"].update(phase="Training")
     st = reconcile(handlers.reconcile_router, body)
     assert st["phase"] == "Degraded" and len([c for c in kube.created if c.startswith("Job/")]) == 1
+    degraded_prefix = st["prefix"]
     kube.experts[3]["status"].update(phase="Succeeded")
     st = reconcile(handlers.reconcile_router, body)
     job4 = [c.removeprefix("Job/") for c in kube.created if c.startswith("Job/")][-1]
     assert job4 != job3 and st["phase"] == "Training"
+    # It grows the degraded router (still served meanwhile) by e3's cluster, into a new version.
+    command = kube.objects[("Job", "ns1", job4)]["spec"]["template"]["spec"]["containers"][0]["command"]
+    assert command[-2:] == ["--grow-from", degraded_prefix] and st["grownFrom"] == degraded_prefix
+    assert st["prefix"] != degraded_prefix and st["fingerprint"]["fields"]["router.grown_from"]
     kube.objects[("Job", "ns1", job4)]["status"] = {"conditions": [{"type": "Complete", "status": "True"}]}
     reconcile(handlers.reconcile_router, body)
     dep = kube.objects[("Deployment", "ns1", "digits-serve")]
     assert dep["metadata"]["annotations"]["paris.dev/experts"] == "e0,e1,e2,e3", "rolled forward"
+    assert dep["metadata"]["annotations"][builders.SERVED_ROUTER] == st["prefix"]
     dep["status"] = {"replicas": 1, "updatedReplicas": 1, "readyReplicas": 1}
     st = reconcile(handlers.reconcile_router, body)
     assert (st["phase"], st["missingExperts"]) == ("Ready", [])
     assert f"Job/{job3}" in kube.deleted
+    # The grown router served is the one wanted: nothing trains again.
+    reconcile(handlers.reconcile_router, body)
+    assert len([c for c in kube.created if c.startswith("Job/")]) == 2
 
 
 def test_a_router_training_for_an_older_expert_set_stops_before_the_new_one_starts(kube: FakeKube) -> None:
