@@ -357,10 +357,12 @@ def test_invalid_manifests_are_refused_and_create_nothing(
 
 
 def test_missing_secret_reports_a_condition_then_converges(
-    k8s_cluster: Cluster, k8s_namespace: str, operator: Operator, minio_server: MinioServer
+    k8s_cluster: Cluster, k8s_namespace: str, operator: Operator, minio_server: MinioServer, tmp_path: Path
 ) -> None:
     ns = k8s_namespace
-    expert = example_experts("paris")[6]  # a cpu-pool expert
+    bucket = minio_server.make_bucket()
+    prepare_dataset(minio_server, bucket, tmp_path)  # the operator fingerprints the data before a Job
+    expert = example_experts(bucket)[6]  # a cpu-pool expert
     # Nowhere to run: the Job, once created, stays Pending (no trainer needed for this test).
     expert["spec"]["nodeSelector"] = {"pool": "nowhere"}
     assert apply(k8s_cluster, ns, [expert]).returncode == 0
