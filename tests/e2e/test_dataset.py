@@ -194,6 +194,6 @@ def test_a_dataset_prepared_by_indexed_jobs_survives_a_killed_index_and_gates_it
     )
     assert st["phase"] == "Succeeded", json.dumps(st, indent=1)
     assert next(c for c in st["conditions"] if c["type"] == "DatasetReady")["status"] == "True"
-    assert _keys(minio_server, bucket, "models/squares/experts/0/latest.json")
+    assert _keys(minio_server, bucket, f"{st['prefix']}/latest.json")  # its fingerprint's version
     assert get_cr(cluster, ns, "parisexperts", "orphan")["status"]["reason"] == "DatasetNotFound"
     assert not cluster.batch().list_namespaced_job(ns, label_selector="paris.dev/expert=orphan").items

@@ -50,7 +50,13 @@ from tests.servers.cluster import Cluster
 from tests.servers.minio import MinioServer
 from tests.servers.podrunner import PodRunner
 
-pytestmark = pytest.mark.timeout(1500)
+# Not yet passed a whole run on the merged code: the replaced-Job test counts JobCreated events
+# that reconciles racing on one change may post twice, and the other two were changed after
+# their last run (issue 9's closing note). PARIS_QUARANTINE=1 runs them.
+pytestmark = [
+    pytest.mark.timeout(1500),
+    pytest.mark.quarantine(reason="has not passed a whole run on the merged code yet"),
+]
 
 MODEL = "life"
 SMALL = {"preset": "tiny", "hidden_size": 32, "depth": 1, "heads": 2}

@@ -512,7 +512,7 @@ def test_digits_run_from_manifests_to_png(
     assert st["expertsReady"] == "8/8" and len(st["readyExperts"]) == 8
     assert st["endpoint"] == f"http://digits-serve.{ns}.svc.cluster.local/v1/generate"
     conds = {c["type"]: c["status"] for c in st["conditions"]}
-    assert conds == {"ExpertsReady": "True", "RouterTrained": "True", "Available": "True"}
+    assert conds == {"ExpertsReady": "True", "RouterTrained": "True", "Available": "True", "Degraded": "False"}
     dep = cluster.apps().read_namespaced_deployment("digits-serve", ns)
     assert (dep.status.ready_replicas or 0) >= 1
     assert cluster.core().read_namespaced_service("digits-serve", ns).spec.ports[0].port == 80
