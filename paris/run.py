@@ -152,12 +152,16 @@ def train_models(cfg: RunConfig, store: Store, log_dir: Path) -> None:
     With several GPUs each process gets one of its own (CUDA_VISIBLE_DEVICES), instead of
     every process landing on GPU 0. On a terminal a live table; in logs (CI, `kubectl
     logs`) one line per job whenever its state changes or it passes another tenth of its steps."""
-    threads = job_threads(cfg)
+    run_jobs(jobs(cfg), store, log_dir, cfg.parallel, {**os.environ, **config_env(cfg, job_threads(cfg))})
+
+
+def config_env(cfg: RunConfig, threads: int) -> dict[str, str]:
+    """The environment that hands a child process `cfg` (PARIS_CONFIG), with `threads` for its
+    training and its router's wherever the config leaves them unset."""
     child = cfg.model_copy(deep=True)
-    child.train.threads = threads
-    child.router.train.threads = cfg.router.train.threads or threads
-    env = {**os.environ, "PARIS_CONFIG": yaml.safe_dump(child.model_dump(mode="json"))}
-    run_jobs(jobs(cfg), store, log_dir, cfg.parallel, env)
+    child.train.threads = child.train.threads or threads
+    child.router.train.threads = child.router.train.threads or threads
+    return {"PARIS_CONFIG": yaml.safe_dump(child.model_dump(mode="json"))}
 
 
 def run_jobs(todo: list[Job], store: Store, log_dir: Path, parallel: int, env: dict[str, str]) -> None:
@@ -167,6 +171,7 @@ def run_jobs(todo: list[Job], store: Store, log_dir: Path, parallel: int, env: d
     log_dir.mkdir(parents=True, exist_ok=True)
     procs: Procs = {}
     logs = {}
+    log_of = {job.name: log_dir / f"{job.name.replace(' ', '-')}.log" for job in todo}
     pending = list(todo)
     reported: dict[str, tuple[str, int]] = {}
     beside = {job.name for job in todo if job.beside}
@@ -205,8 +210,7 @@ def run_jobs(todo: list[Job], store: Store, log_dir: Path, parallel: int, env: d
             while pending and (running < parallel or pending[0].beside):
                 job = pending.pop(0)
                 job_env = {**env, **(job.env or {}), **gpus.env_for(job.name)}  # several GPUs: one of its own
-                log = log_dir / f"{job.name.replace(' ', '-')}.log"
-                logs[job.name] = open(log, "wb")  # noqa: SIM115 (closed below)
+                logs[job.name] = open(log_of[job.name], "wb")  # noqa: SIM115 (closed below)
                 procs[job.name] = subprocess.Popen(
                     job.argv, env=job_env, stdout=logs[job.name], stderr=subprocess.STDOUT, start_new_session=True
                 )
@@ -217,7 +221,7 @@ def run_jobs(todo: list[Job], store: Store, log_dir: Path, parallel: int, env: d
                     if p.poll() is None:
                         p.terminate()
                 name = failed[0]
-                log = log_dir / f"{name.replace(' ', '-')}.log"
+                log = log_of[name]
                 tail = log.read_text(errors="replace").strip().splitlines()[-1:]
                 raise ParisError(f"{name} failed ({tail[0] if tail else 'no output'}); log: {log}")
             show(live)

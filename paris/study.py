@@ -36,8 +36,6 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from paris.config import RunConfig
 from paris.errors import ParisError
 from paris.layout import expert_prefix, model_prefix, router_prefix, samples_prefix
@@ -168,27 +166,20 @@ def equal_compute_steps(ensemble_flops: int, monolith_step: int) -> int:
 # --------------------------------------------------------------------------------------
 
 
-def _job_env(cfg: RunConfig, threads: int) -> dict[str, str]:
-    c = cfg.model_copy(deep=True)
-    c.train.threads = c.train.threads or threads
-    c.router.train.threads = c.router.train.threads or threads
-    return {"PARIS_CONFIG": yaml.safe_dump(c.model_dump(mode="json"))}
-
-
 def training_jobs(configs: Mapping[str, RunConfig], threads: int, steps: list[int]) -> list[Any]:
     """Every process of a phase, longest first (the monolith), so two slots end together;
     `steps`: each ensemble expert's."""
-    from paris.run import Job
+    from paris.run import Job, config_env
 
     train = [sys.executable, "-m", "paris", "train"]
     out = []
     for variant, c in configs.items():
-        env = _job_env(c, threads)
+        env = config_env(c, threads)
         for k in range(c.data.clusters if variant != "textblind" else 0):  # textblind: the ensemble's experts
             n = steps[k] if variant == "ensemble" else c.train.steps
             ck = c.model_copy(update={"train": c.train.model_copy(update={"steps": n, "checkpoint_every": n})})
             out.append(Job(f"{c.model} expert {k}", [*train, "expert", "--cluster", str(k)], expert_prefix(c.model, k),
-                           n, _job_env(ck, threads)))
+                           n, config_env(ck, threads)))
         out.append(Job(f"{c.model} router", [*train, "router", "--no-publish"], router_prefix(c.model),
                        c.router.train.steps, env))
     return sorted(out, key=lambda j: -j.total * (1 if "router" not in j.name else 0.1))
@@ -212,7 +203,7 @@ def run_phase(
     cfg: RunConfig, store: Store, base: str, phase: Phase, flops: Mapping[str, Mapping[str, int]], judge: Any,
     log_dir: Path, sizes: list[int],
 ) -> dict[str, Any]:
-    from paris.run import run_jobs
+    from paris.run import job_threads, run_jobs
 
     steps, rsteps = steps_at(cfg.train.steps, phase.scale), steps_at(cfg.router.train.steps, phase.scale)
     per_expert = expert_steps(steps, sizes, cfg.study.expert_steps)
@@ -237,8 +228,8 @@ def run_phase(
         f"{mono_steps} steps ({mono_flops / 1e12:.2f} TFLOP)"
     )
     t0 = time.time()
-    threads = cfg.train.threads or max(1, (os.cpu_count() or 1) // cfg.parallel)
-    run_jobs(training_jobs(configs, threads, per_expert), store, log_dir / phase.tag, cfg.parallel, dict(os.environ))
+    todo = training_jobs(configs, job_threads(cfg), per_expert)
+    run_jobs(todo, store, log_dir / phase.tag, cfg.parallel, dict(os.environ))
     trained = time.time() - t0
     results: dict[str, Any] = {}
     for variant, c in configs.items():
@@ -276,7 +267,7 @@ def run_study(
 
     from paris.data.shards import load_manifest
     from paris.router.generate import fit_judge
-    from paris.run import ensure_dataset
+    from paris.run import ensure_dataset, job_threads
 
     if cfg.data.clusters < 2:
         raise ParisError("study: data.clusters must be at least 2 (the ensemble's experts)")
@@ -292,7 +283,7 @@ def run_study(
     flops = {"ensemble": step_flops(cfg, store), "monolith": step_flops(mono, store)}
     # Sampling runs here, one thread per slot's worth of cores: on a shared machine more OpenMP
     # threads than free cores made each routing mode's sampling ~10x slower (spin-waiting).
-    torch.set_num_threads(cfg.train.threads or max(1, (os.cpu_count() or 1) // cfg.parallel))
+    torch.set_num_threads(job_threads(cfg))
     judge = fit_judge(cfg, store)
     console.print(f"judge: cross-validated accuracy {judge.cv_accuracy:.3f} on the held-out real images")
     prepared = time.time() - t0
