@@ -12,9 +12,9 @@ import torch
 
 from paris.config import RunConfig, SampleConfig
 from paris.data.encoders import tensor_to_images
-from paris.data.shards import load_manifest, load_split, read_captions, split_shards
+from paris.data.shards import ShardSet, load_manifest, load_split, read_captions, split_shards
 from paris.errors import DataError
-from paris.evaluate import Judge, judgeable, labelled_prompts
+from paris.evaluate import MIN_HOLDOUT, Judge, judgeable, labelled_prompts
 from paris.layout import dataset_prefix, router_prefix, samples_prefix
 from paris.plots import grid, png_bytes
 from paris.progress import console
@@ -91,17 +91,20 @@ def grid_png(images: torch.Tensor, cols: int) -> bytes:
     return png_bytes(grid(pics, cols=cols, scale=scale))
 
 
-def judged_prompts(cfg: RunConfig, store: Store, manifest: dict[str, Any]) -> tuple[list[str], list[int] | None]:
+def judged_prompts(
+    cfg: RunConfig, store: Store, manifest: dict[str, Any]
+) -> tuple[list[str], list[int] | None, ShardSet | None]:
     """The prompts to sample and, for labelled pixel-space data with no `sample.prompts`, the
-    class of each (what the judge checks): `sample.prompts_per_class` held-out captions per class."""
+    class of each (what the judge checks: `sample.prompts_per_class` held-out captions per
+    class) and the held-out split they came from (what a judge is fitted on)."""
     if cfg.sample.prompts:
-        return cfg.sample.prompts, None
-    if manifest["holdout"]["size"] >= 50 and manifest["latent"]["space"] == "pixels":
+        return cfg.sample.prompts, None, None
+    if manifest["holdout"]["size"] >= MIN_HOLDOUT and manifest["latent"]["space"] == "pixels":
         holdout = load_split(store, manifest, "holdout")
         if judgeable(holdout):
             pairs = labelled_prompts(holdout, cfg.sample.prompts_per_class, cfg.sample.seed)
-            return [p for p, _ in pairs], [y for _, y in pairs]
-    return default_prompts(store, manifest, cfg.sample.seed), None
+            return [p for p, _ in pairs], [y for _, y in pairs], holdout
+    return default_prompts(store, manifest, cfg.sample.seed), None, None
 
 
 def fit_judge(cfg: RunConfig, store: Store) -> Judge:
@@ -115,10 +118,11 @@ def sample_and_score(
     """Per routing mode: a grid in the store, the judge's scores (labelled data), expert usage.
     `judge`: one already fitted on this data (the study scores many pipelines with one)."""
     manifest = load_manifest(store, cfg.data.name)
-    prompts, labels = judged_prompts(cfg, store, manifest)
-    if labels is not None and judge is None:
-        judge = fit_judge(cfg, store)
-    judge = judge if labels is not None else None
+    prompts, labels, holdout = judged_prompts(cfg, store, manifest)
+    if holdout is None:
+        judge = None
+    elif judge is None:
+        judge = Judge.fit(holdout, cfg.sample.seed)
     results: dict[str, Any] = {
         "modes": {},
         "prompts": prompts,
