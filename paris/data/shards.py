@@ -57,6 +57,15 @@ class ShardSet:
     def __len__(self) -> int:
         return len(self.latents)
 
+    def take(self, rows: torch.Tensor) -> ShardSet:
+        """The samples at `rows` (an index tensor), in that order."""
+        picked = rows.tolist()
+        return ShardSet(
+            **{f: getattr(self, f)[rows] for f in FIELDS},
+            captions=[self.captions[i] for i in picked],
+            keys=[self.keys[i] for i in picked] if self.keys else [],
+        )
+
     @classmethod
     def concat(cls, parts: list[ShardSet]) -> ShardSet:
         if not parts:
@@ -308,8 +317,7 @@ def load_split(store: Store, manifest: dict[str, Any], split: int | str, limit: 
         n += len(parts[-1])
     out = ShardSet.concat(parts)
     if limit is not None and len(out) > limit:
-        cut = {f: getattr(out, f)[:limit] for f in FIELDS}
-        out = ShardSet(**cut, captions=out.captions[:limit], keys=out.keys[:limit])
+        out = out.take(torch.arange(limit))
     return out
 
 

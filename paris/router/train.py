@@ -68,6 +68,11 @@ def class_of(clusters: list[int]) -> torch.Tensor:
     return lookup
 
 
+def targets(data: ShardSet, idx: torch.Tensor, label_of: torch.Tensor | None) -> torch.Tensor:
+    """The router classes of samples `idx`: their clusters, through `label_of` when given."""
+    return data.clusters[idx] if label_of is None else label_of[data.clusters[idx]]
+
+
 def router_loss(
     stream: Batches,
     null_text: tuple[torch.Tensor, torch.Tensor],
@@ -89,8 +94,7 @@ def router_loss(
         idx, t, eps, rows = local_part(idx, t, eps, rows)  # this rank's slice of the global batch
         drop = (rows, *null_text) if cfg.caption_dropout > 0 else None
         logits = _inputs(cast(ParisRouter, model), data, idx, t, eps, device, drop)
-        want = data.clusters[idx] if label_of is None else label_of[data.clusters[idx]]
-        return F.cross_entropy(logits.float(), want.to(device))
+        return F.cross_entropy(logits.float(), targets(data, idx, label_of).to(device))
 
     return loss_fn
 
@@ -118,20 +122,10 @@ def accuracy_by_noise(
                     t = lo + (hi - lo) * torch.rand(len(idx), generator=g)
                     eps = torch.randn(data.latents[idx].shape, generator=g)
                     pred = _inputs(model, data, idx, t, eps, device).argmax(-1).cpu()
-                    want = data.clusters[idx] if label_of is None else label_of[data.clusters[idx]]
-                    correct += int((pred == want).sum())
+                    correct += int((pred == targets(data, idx, label_of)).sum())
                     total += len(idx)
             rows.append({"t_lo": round(float(lo), 2), "t_hi": round(float(hi), 2), "accuracy": correct / total})
     return rows
-
-
-def _rows(data: ShardSet, keep: torch.Tensor) -> ShardSet:
-    """The samples of `data` where `keep` is true (the held-out samples of the routed clusters)."""
-    rows = keep.nonzero().flatten().tolist()
-    return ShardSet(
-        data.latents[keep], data.text_states[keep], data.text_mask[keep], data.labels[keep], data.clusters[keep],
-        [data.captions[i] for i in rows],
-    )
 
 
 def routed_clusters(manifest: dict[str, Any], experts: Mapping[int, str] | None) -> list[int]:
@@ -268,7 +262,7 @@ def train_router(
     save_loss_plot(store, f"{prefix}/loss.png", {"router": result.history})
     if manifest["holdout"]["size"]:
         holdout = load_split(store, manifest, "holdout", limit=EVAL_SAMPLES)
-        holdout = _rows(holdout, torch.isin(holdout.clusters, torch.tensor(clusters)))
+        holdout = holdout.take(torch.isin(holdout.clusters, torch.tensor(clusters)).nonzero().flatten())
         with tempfile.TemporaryDirectory() as tmp:
             ema = ParisRouter.from_pretrained(fetch_weights(store, prefix, Path(tmp)))
         device = resolve_device(cfg.router.train.device)
