@@ -32,6 +32,10 @@ from paris.progress import console
 T = TypeVar("T")
 
 
+def _json_bytes(obj: Any) -> bytes:
+    return json.dumps(obj, indent=2, sort_keys=True).encode()
+
+
 class Store(ABC):
     """Keys are '/'-separated paths relative to the store's root (bucket + prefix)."""
 
@@ -70,7 +74,7 @@ class Store(ABC):
     # ---- conveniences shared by every backend --------------------------------------
 
     def put_json(self, key: str, obj: Any) -> None:
-        self.put_bytes(key, json.dumps(obj, indent=2, sort_keys=True).encode())
+        self.put_bytes(key, _json_bytes(obj))
 
     def try_put_json(self, key: str, obj: Any) -> bool:
         """Write once without waiting out an outage; False when the store did not take it. For
@@ -251,10 +255,6 @@ def _short(err: Exception | None) -> str:
     if "Connection refused" in text:
         return "connection refused"
     return f"{type(err).__name__}: {text[:160]}" if err else "no answer"
-
-
-def _json_bytes(obj: Any) -> bytes:
-    return json.dumps(obj, indent=2, sort_keys=True).encode()
 
 
 class S3Store(Store):

@@ -33,6 +33,13 @@ from .pipeline import ParisPipeline
 KEEP_PIPELINES = 2  # versions kept: the one served, and the one before it (pods may still load it)
 
 
+def expert_prefixes(cfg: RunConfig, manifest: dict[str, Any], experts_at: Mapping[int, str] | None) -> dict[int, str]:
+    """cluster -> store prefix of its expert: the given ones, else every cluster's usual prefix."""
+    if experts_at:
+        return dict(experts_at)
+    return {i: expert_prefix(cfg.model, i) for i in range(manifest["num_clusters"])}
+
+
 def build_pipeline(
     cfg: RunConfig, store: Store, experts_at: Mapping[int, str] | None = None, router_at: str | None = None
 ) -> ParisPipeline:
@@ -41,7 +48,7 @@ def build_pipeline(
     Component `expert_i` is the expert of the router's class i, i.e. of the i-th of those
     clusters in order."""
     manifest = load_manifest(store, cfg.data.name)
-    at = dict(experts_at) if experts_at else {i: expert_prefix(cfg.model, i) for i in range(manifest["num_clusters"])}
+    at = expert_prefixes(cfg, manifest, experts_at)
     with tempfile.TemporaryDirectory() as tmp:
         experts = {
             f"expert_{i}": PixArtTransformer2DModel.from_pretrained(
@@ -138,7 +145,7 @@ def publish_ensemble(
     from paris.trainer.checkpoint import checkpoint_fingerprint
 
     manifest = load_manifest(store, cfg.data.name)
-    at = dict(experts_at) if experts_at else {i: expert_prefix(cfg.model, i) for i in range(manifest["num_clusters"])}
+    at = expert_prefixes(cfg, manifest, experts_at)
     router_at = router_at or router_prefix(cfg.model)
     pipe = build_pipeline(cfg, store, at, router_at)
     router_fp = checkpoint_fingerprint(store, router_at) or router_fingerprint_of(cfg, manifest, at).record()
@@ -149,8 +156,8 @@ def publish_ensemble(
 
 def published(store: Store, model: str) -> dict[str, Any] | None:
     """The pointer to the served pipeline version (None: none published with versions)."""
-    key = pipeline_pointer(model)
-    return dict(store.get_json(key)) if store.exists(key) else None
+    pointer = store.get_json_or_none(pipeline_pointer(model))
+    return None if pointer is None else dict(pointer)
 
 
 def load_pipeline(store: Store, model: str, local: Path) -> ParisPipeline:

@@ -22,7 +22,7 @@ import hashlib
 import json
 import re
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -126,28 +126,28 @@ def prune_checkpoints(store: Store, prefix: str, keep: int) -> list[int]:
 
 
 
-def _records(store: Store, prefix: str) -> list[dict[str, Any]]:
+def _records(store: Store, prefix: str) -> Iterator[dict[str, Any]]:
     """Every checkpoint that may be resumed, best first: the one latest.json names, then the
     complete folders (with checkpoint.json) from the newest. A record lacking `files` is one
-    written before checksums existed: trusted as it is."""
-    out: list[dict[str, Any]] = []
+    written before checksums existed: trusted as it is. Lazy: a caller content with the first
+    good one reads no other folder's record."""
     try:
         pointer = store.get_json_or_none(f"{prefix}/latest.json")
     except StorageError as err:  # a torn or hand-edited pointer: the folders still say what is complete
         console.print(f"warning: {err}; looking for the newest complete checkpoint instead")
         pointer = None
     if isinstance(pointer, dict) and "prefix" in pointer:
-        out.append(pointer)
+        yield pointer
     for step in reversed(_steps(store, prefix)):
         target = step_dir(prefix, step)
         if pointer is not None and target == pointer.get("prefix"):
             continue
         if store.exists(f"{target}/{COMPLETE}"):
             try:
-                out.append({**store.get_json(f"{target}/{COMPLETE}"), "prefix": target})
+                record = store.get_json(f"{target}/{COMPLETE}")
             except StorageError:
                 continue
-    return out
+            yield {**record, "prefix": target}
 
 
 def _steps(store: Store, prefix: str) -> list[int]:
@@ -195,7 +195,7 @@ def _first_good(
 def clean_incomplete(store: Store, prefix: str) -> list[int]:
     """Delete the checkpoint folders a crash left half-uploaded (no checkpoint.json). Only a
     trainer about to resume calls this: no other writer of the prefix runs then."""
-    pointer = store.get_json_or_none(f"{prefix}/latest.json") if store.exists(f"{prefix}/latest.json") else None
+    pointer = store.get_json_or_none(f"{prefix}/latest.json")
     named = pointer.get("prefix") if isinstance(pointer, dict) else None
     doomed = [s for s in _steps(store, prefix) if step_dir(prefix, s) != named]
     doomed = [s for s in doomed if not store.exists(f"{step_dir(prefix, s)}/{COMPLETE}")]
