@@ -153,6 +153,13 @@ def _fingerprint_event(
         kopf.event(body, type="Normal", reason="FingerprintChanged", message=message[:1000])
 
 
+def _owned(body: Mapping[str, Any], obj: dict[str, Any] | None) -> tuple[dict[str, Any] | None, str | None]:
+    """(obj, None) for an object of ours or none; (None, why) for a namesake of someone else's."""
+    if obj is None or builders.owns(body, obj):
+        return obj, None
+    return None, builders.not_owned(body, obj)
+
+
 def _going(job: Mapping[str, Any]) -> bool:
     return bool(job["metadata"].get("deletionTimestamp"))
 
@@ -211,11 +218,9 @@ def reconcile_expert(body: Mapping[str, Any], patch: kopf.Patch, claims: Claims)
                 _fingerprint_event(body, old, fp, builders.storage_config(st, SETTINGS).uri, prefix)
     desired = builders.build_expert_job(body, spec, SETTINGS, prefix)
     job_name, want = desired["metadata"]["name"], desired["metadata"]["annotations"][builders.SPEC_HASH]
-    job = kube.get("Job", ns, job_name)
-    conflict = replacing = None
-    if job is not None and not builders.owns(body, job):
-        conflict, job = builders.not_owned(body, job), None
-    elif job is not None and _going(job):
+    job, conflict = _owned(body, kube.get("Job", ns, job_name))
+    replacing = None
+    if job is not None and _going(job):
         replacing, job = f"waiting for the replaced Job {job_name} and its pods to go", None
     elif job is not None and refused:
         replacing, job = _replace(body, job, "another ParisExpert owns this store prefix"), None
@@ -255,9 +260,8 @@ def reconcile_expert(body: Mapping[str, Any], patch: kopf.Patch, claims: Claims)
     created = False
     if idle and finished is None and secret_problem is None and problem is None and fp is not None:
         job, created = kube.create_or_get(desired)
-        if not builders.owns(body, job):  # a namesake appeared between our get and create
-            conflict, job = builders.not_owned(body, job), None
-        elif created:
+        job, conflict = _owned(body, job)  # a namesake may have appeared between our get and create
+        if job is not None and created:
             kopf.event(body, type="Normal", reason="JobCreated", message=f"created Job {job_name}")
     if job is not None and not created and job_outcome(job)[0] == PENDING:  # a Job just made has no pod yet
         pod_problem = _pod_problem(ns, job_name)
@@ -309,13 +313,6 @@ def _selected_experts(ns: str, spec: ParisRouterSpec) -> list[dict[str, Any]]:
         return [e for e in kube.list_experts(ns) if e["metadata"]["name"] in wanted]
     selector = ",".join(f"{k}={v}" for k, v in sorted((sel.match_labels or {}).items()))
     return kube.list_experts(ns, selector)
-
-
-def _owned(body: Mapping[str, Any], obj: dict[str, Any] | None) -> tuple[dict[str, Any] | None, str | None]:
-    """(obj, None) for an object of ours or none; (None, why) for a namesake of someone else's."""
-    if obj is None or builders.owns(body, obj):
-        return obj, None
-    return None, builders.not_owned(body, obj)
 
 
 def reconcile_router(body: Mapping[str, Any], patch: kopf.Patch) -> None:
