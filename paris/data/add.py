@@ -22,7 +22,7 @@ from paris.config import DataConfig
 from paris.data.encoders import Encoders
 from paris.data.shards import MANIFEST, PartWriter, load_manifest
 from paris.data.sources import open_source
-from paris.data.work import _batched, is_holdout
+from paris.data.work import _batched, encode_batch, is_holdout, write_by_split
 from paris.errors import DataError
 from paris.layout import dataset_prefix
 from paris.progress import console
@@ -71,24 +71,9 @@ def add_cluster(dataset: DataConfig, new: DataConfig, store: Store) -> dict[str,
     try:
         for part in source.parts():
             for batch in _batched(source.samples(part), dataset.batch_size):
-                states, mask = enc.text.encode([s.caption for s in batch])
-                rows = {
-                    "latents": enc.codec.encode([s.image for s in batch]),
-                    "text_states": states,
-                    "text_mask": mask,
-                    "labels": torch.tensor([s.label for s in batch], dtype=torch.int64),
-                    "clusters": torch.full((len(batch),), k, dtype=torch.int64),
-                }
+                rows = encode_batch(enc, batch, torch.full((len(batch),), k, dtype=torch.int64))
                 splits: list[int | str] = ["holdout" if is_holdout(dataset, s.key) else k for s in batch]
-                for split in dict.fromkeys(splits):
-                    sel = [r for r, x in enumerate(splits) if x == split]
-                    idx = torch.tensor(sel)
-                    writer.add(
-                        split,
-                        {f: t[idx] for f, t in rows.items()},
-                        [batch[r].caption for r in sel],
-                        [batch[r].key for r in sel],
-                    )
+                write_by_split(writer, rows, batch, splits)
                 samples += len(batch)
                 held_out += splits.count("holdout")
         parts = writer.close()

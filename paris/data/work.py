@@ -34,7 +34,7 @@ from paris.config import DataConfig
 from paris.data.clustering import Clustering, two_stage_kmeans
 from paris.data.encoders import Encoders
 from paris.data.shards import FORMAT, MANIFEST, PartWriter, metadata_of
-from paris.data.sources import DIGIT_NAMES, Part, open_source
+from paris.data.sources import DIGIT_NAMES, Part, Sample, open_source
 from paris.errors import DataError
 from paris.layout import dataset_prefix
 from paris.storage import Store
@@ -259,6 +259,27 @@ def load_clustering(store: Store, cfg: DataConfig) -> Clustering:
     return Clustering.from_arrays(np_load(store.get_bytes(key)), cfg.clusters)
 
 
+def encode_batch(enc: Encoders, batch: list[Sample], clusters: torch.Tensor) -> dict[str, torch.Tensor]:
+    """A batch of samples as part-file rows: latents, caption token states, labels, clusters."""
+    states, mask = enc.text.encode([s.caption for s in batch])
+    return {
+        "latents": enc.codec.encode([s.image for s in batch]),
+        "text_states": states,
+        "text_mask": mask,
+        "labels": torch.tensor([s.label for s in batch], dtype=torch.int64),
+        "clusters": clusters,
+    }
+
+
+def write_by_split(writer: PartWriter, rows: dict[str, torch.Tensor], batch: list[Sample], splits: list[Any]) -> None:
+    """Each row into the part of its split: its cluster id, or "holdout"."""
+    for split in dict.fromkeys(splits):
+        sel = [r for r, x in enumerate(splits) if x == split]
+        idx = torch.tensor(sel)
+        writer.add(split, {f: t[idx] for f, t in rows.items()}, [batch[r].caption for r in sel],
+                   [batch[r].key for r in sel])
+
+
 def run_encode(cfg: DataConfig, store: Store, index: int, enc: Encoders) -> dict[str, Any]:
     plan = make_plan(cfg, store)  # first: refuses leftovers of another config
     out_key = done_key(cfg.name, "encode", index)
@@ -281,28 +302,13 @@ def run_encode(cfg: DataConfig, store: Store, index: int, enc: Encoders) -> dict
                 b = len(batch)
                 if [s.key for s in batch] != keys[pos : pos + b]:
                     raise DataError(f"input part {part.name} changed since its features were computed: prepare again")
-                states, mask = enc.text.encode([s.caption for s in batch])
-                max_length = int(states.shape[1])
-                rows = {
-                    "latents": enc.codec.encode([s.image for s in batch]),
-                    "text_states": states,
-                    "text_mask": mask,
-                    "labels": torch.tensor([s.label for s in batch], dtype=torch.int64),
-                    "clusters": torch.from_numpy(clusters[pos : pos + b]),
-                }
+                rows = encode_batch(enc, batch, torch.from_numpy(clusters[pos : pos + b]))
+                max_length = int(rows["text_states"].shape[1])
                 splits = [
                     "holdout" if h else int(c)
                     for h, c in zip(holdout[pos : pos + b], clusters[pos : pos + b], strict=True)
                 ]
-                for split in dict.fromkeys(splits):
-                    sel = [r for r, s in enumerate(splits) if s == split]
-                    idx = torch.tensor(sel)
-                    writer.add(
-                        split,
-                        {f: t[idx] for f, t in rows.items()},
-                        [batch[r].caption for r in sel],
-                        [batch[r].key for r in sel],
-                    )
+                write_by_split(writer, rows, batch, splits)
                 pos += b
             if pos != len(keys):
                 raise DataError(f"input part {part.name} changed since its features were computed: prepare again")
