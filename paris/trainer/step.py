@@ -86,13 +86,12 @@ def compiler_found(device: torch.device) -> bool:
 
     if device.type == "cuda":
         return any(shutil.which(c) for c in (os.environ.get("CC", "cc"), "gcc", "clang"))
-    from torch._inductor import cpp_builder, exc
+    from torch._inductor import config
 
-    try:
-        cpp_builder.get_cpp_compiler()
-    except (exc.InvalidCxxCompiler, RuntimeError):
-        return False
-    return True
+    # inductor's own search (cpp_builder.cpp_compiler_search) caches its first answer for the
+    # process, so it cannot answer again after PATH changes; look up the same candidates here.
+    cxx = config.cpp.cxx
+    return any(c and shutil.which(c) for c in (cxx if isinstance(cxx, (list, tuple)) else (cxx,)))
 
 
 def compile_blocks(model: torch.nn.Module) -> int:
