@@ -219,6 +219,7 @@ def test_an_evicted_pod_gets_sigterm_and_a_final_status_and_a_disruption_costs_n
     ns = k8s_namespace
     marks = tmp_path / "marks"
     marks.mkdir()
+    marks.chmod(0o777)  # an image runs as its own non-root user
     script = (
         "import os, signal, sys, time\n"
         f"marks = {str(marks)!r}\n"
@@ -232,7 +233,15 @@ def test_an_evicted_pod_gets_sigterm_and_a_final_status_and_a_disruption_costs_n
         "if runs: print('error: a user mistake', file=sys.stderr); sys.exit(2)\n"
         "time.sleep(600)\n"
     )
-    spec = pod_spec(["python", "-c", script], terminationMessagePolicy="FallbackToLogsOnError")
+    # The marks are a hostPath volume at the same path: a local process sees the directory
+    # itself, a container the mount.
+    spec = pod_spec(
+        ["python", "-c", script],
+        image=image_for(pod_runner),
+        terminationMessagePolicy="FallbackToLogsOnError",
+        volumeMounts=[{"name": "marks", "mountPath": str(marks)}],
+    )
+    spec["volumes"] = [{"name": "marks", "hostPath": {"path": str(marks), "type": "Directory"}}]
     spec["terminationGracePeriodSeconds"] = 10
     body = job("evicted", spec, backoff=0)
     body["spec"]["podFailurePolicy"] = {

@@ -13,8 +13,9 @@ Two runtimes (`PodRunner(runtime=...)`, chosen by $PARIS_POD_RUNTIME, see tests/
   command/args, the pod's runAsUser/runAsGroup (else the image's USER; runAsNonRoot is
   enforced as the kubelet does), the image's env under the pod's, workingDir, volumes and
   readOnlyRootFilesystem (see images.Container). Volumes are per-pod directories: emptyDir
-  (mode 0777, kept across restarts), and secret, configMap and projected volumes written as
-  their files (a projected ServiceAccount token is a real one, from the TokenRequest API).
+  (mode 0777, kept across restarts), secret, configMap and projected volumes written as
+  their files (a projected ServiceAccount token is a real one, from the TokenRequest API), and
+  hostPath (this machine is the node; types "", Directory, DirectoryOrCreate and File).
   Other volume types fail the pod with a message.
 - "process": the container's command + args as a local process of the test's venv (fast; no
   image needed). PATH is the test process's (with the running interpreter's bin dir first), so
@@ -578,6 +579,16 @@ class PodRunner:
                     (host / path).chmod(0o644)
                 host.mkdir(parents=True, exist_ok=True)
                 read_only = True
+            elif "hostPath" in vol:
+                # The node's own directory, as the kubelet mounts it; the node is this machine.
+                host = Path(vol["hostPath"]["path"])
+                kind = vol["hostPath"].get("type") or ""
+                if kind == "DirectoryOrCreate":
+                    host.mkdir(parents=True, exist_ok=True)
+                elif kind in ("Directory", "File") and not (host.is_dir() if kind == "Directory" else host.is_file()):
+                    raise PodStartError(f"hostPath type check failed: {host} is not a {kind.lower()}")
+                elif kind not in ("", "Directory", "File"):
+                    raise PodStartError(f"volume {m['name']!r}: hostPath type {kind!r} is not emulated")
             else:
                 kinds = sorted(k for k in vol if k != "name")
                 raise PodStartError(f"volume {m['name']!r}: {kinds} is not emulated by the pod runner")
