@@ -21,18 +21,29 @@ _TIERS = ("unit", "integration", "e2e")
 _SERVER_TESTS = ("test_minio_server.py", "test_control_plane.py")
 
 
-@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the xdist_group marks
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """With `-n 2 --dist loadscope` (scripts/test): the whole e2e tier is one unit of work, run
+    on one worker one test after another on one control plane, while the other worker takes
+    the CPU-bound unit tier file by file (e2e tests spend most of their time waiting on Job
+    backoff and rollouts). Written here because xdist's loadgroup marks are lost under pytest 9
+    (the nodeid suffix it relies on is not applied)."""
+    if config.getvalue("dist") != "loadscope":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class ClusterScope(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return "tests/e2e" if nodeid.startswith("tests/e2e/") else super()._split_scope(nodeid)
+
+    return ClusterScope(config, log)
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     for item in items:
         parts = Path(str(item.fspath)).parts
         for tier in _TIERS:
             if tier in parts:
                 item.add_marker(getattr(pytest.mark, tier))
-        if "e2e" in parts:
-            # With `-n 2 --dist loadgroup` (scripts/test) the e2e tier runs on one worker, one
-            # test after another on one control plane, while the other worker takes the CPU-bound
-            # unit tier: e2e tests spend most of their time waiting (Job backoff, rollouts).
-            item.add_marker(pytest.mark.xdist_group("cluster"))
         if parts[-1] in _SERVER_TESTS:
             item.add_marker(pytest.mark.servers)
     # Quarantined tests (pytest.mark.quarantine, each with its reason) run only when asked for:
