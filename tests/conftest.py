@@ -21,19 +21,29 @@ _TIERS = ("unit", "integration", "e2e")
 _SERVER_TESTS = ("test_minio_server.py", "test_control_plane.py")
 
 
+# e2e files that mostly wait (Job backoff after evictions and kills, whole ensemble lifecycles):
+# one unit of work of their own, so that another worker can run the rest of the tier meanwhile.
+_WAITING_E2E = ("tests/e2e/test_chaos.py", "tests/e2e/test_ensemble_life.py")
+
+
 def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
-    """With `-n 2 --dist loadscope` (scripts/test): the whole e2e tier is one unit of work, run
-    on one worker one test after another on one control plane, while the other worker takes
-    the CPU-bound unit tier file by file (e2e tests spend most of their time waiting on Job
-    backoff and rollouts). Written here because xdist's loadgroup marks are lost under pytest 9
-    (the nodeid suffix it relies on is not applied)."""
+    """With `-n 2 --dist loadscope` (scripts/test): the e2e tier is two units of work (the
+    waiting chaos and lifecycle files, and the rest), each run on one worker one test after
+    another on that worker's control plane; the unit tier fills the workers file by file. e2e
+    tests spend most of their time waiting on Job backoff and rollouts, the unit tier is
+    CPU-bound. Written here because xdist's loadgroup marks are lost under pytest 9 (the nodeid
+    suffix it relies on is never applied)."""
     if config.getvalue("dist") != "loadscope":
         return None
     from xdist.scheduler import LoadScopeScheduling
 
     class ClusterScope(LoadScopeScheduling):
         def _split_scope(self, nodeid: str) -> str:
-            return "tests/e2e" if nodeid.startswith("tests/e2e/") else super()._split_scope(nodeid)
+            if nodeid.startswith(_WAITING_E2E):
+                return "tests/e2e (waiting)"
+            if nodeid.startswith("tests/e2e/"):
+                return "tests/e2e"
+            return str(super()._split_scope(nodeid))
 
     return ClusterScope(config, log)
 

@@ -3,7 +3,7 @@ MinIO, each case asserting the end state (README, "Faults survived").
 
 - The store stopped for 30 s mid-training: a trainer waits it out, no pod fails; one whose
   deadline is shorter fails cleanly, with the endpoint in its status.
-- A trainer pod evicted 7 times through the Eviction API: the expert completes, no eviction
+- A trainer pod evicted 7 times (3 in CI) through the Eviction API: the expert completes, no eviction
   counts against backoffLimit 0, and no step is lost (each SIGTERM writes a checkpoint where
   the trainer stopped, and the next pod resumes there).
 - A trainer SIGKILLed 5 times, at random points and during checkpoint uploads: it completes,
@@ -143,10 +143,14 @@ def test_a_short_store_outage_fails_no_pod_and_one_past_the_deadline_fails_clean
     figures("store stopped past an 8 s deadline", phase="Failed", message=failed["message"])
 
 
-# The Job controller delays each replacement after an eviction (10 s, doubling), so seven take
-# over 5 min; the wait was lengthened for it and that has not passed a whole run yet.
-@pytest.mark.quarantine(reason="the lengthened wait has not passed a whole run yet")
-def test_an_expert_evicted_seven_times_still_completes(
+# The Job controller delays each replacement pod, evictions included (10 s doubling per failed
+# pod, at most 10 min: kubernetes/kubernetes#130881), so seven evictions spend about 21 minutes
+# in backoff alone. CI runs three (70 s of backoff); PARIS_CHAOS_EVICTIONS=7 runs the seven of
+# the README's fault table.
+EVICTIONS = int(os.environ.get("PARIS_CHAOS_EVICTIONS", "3"))
+
+
+def test_an_expert_evicted_again_and_again_still_completes(
     k8s_cluster: Cluster,
     k8s_namespace: str,
     own_minio: MinioServer,
@@ -166,7 +170,7 @@ def test_an_expert_evicted_seven_times_still_completes(
 
     core = cluster.core()
     last_step = 0
-    for n in range(7):
+    for n in range(EVICTIONS):
         # A fresh pod that trained at least one step past the last eviction.
         def running(n: int = n, last_step: int = last_step) -> PodProcess | None:
             st = status_of(cluster, ns, "parisexperts", "evicted")
@@ -174,8 +178,7 @@ def test_an_expert_evicted_seven_times_still_completes(
             fresh = len(pods) > n and alive(pods[-1]) and st.get("step", 0) > last_step
             return pods[-1] if fresh else None
 
-        # The Job controller delays each replacement pod, evictions included (10 s doubling per
-        # failed pod, at most 10 min: kubernetes/kubernetes#130881), then the pod starts.
+        # The Job controller's backoff (above), then the pod starts.
         victim = eventually(running, min(10 * 2**n, 600) + 300, f"pod {n + 1} to train", debug)
         last_step = status_of(cluster, ns, "parisexperts", "evicted")["step"]
         body = {"apiVersion": "policy/v1", "kind": "Eviction", "metadata": {"name": victim.name, "namespace": ns}}
@@ -190,14 +193,16 @@ def test_an_expert_evicted_seven_times_still_completes(
     job = cluster.batch().read_namespaced_job(st["jobName"], ns)
     assert not job.status.failed, "evictions are disruptions: none counted"
     pods = trainers(pod_runner, ns, "evicted")
-    assert len(pods) == 8
+    assert len(pods) == EVICTIONS + 1
     resumed = [int(m[1]) for p in pods[1:] if (m := re.search(r"resuming from the checkpoint at step (\d+)", p.logs()))]
-    assert len(resumed) == 7 and resumed == sorted(resumed), resumed
+    assert len(resumed) == EVICTIONS and resumed == sorted(resumed), resumed
     # Each evicted trainer wrote a checkpoint where SIGTERM stopped it: the next one lost nothing.
     stops = [int(m[1]) for p in pods[:-1] if (m := re.search(r"stopped on SIGTERM after .* at step (\d+)", p.logs()))]
     assert stops == resumed, (stops, resumed)
     assert all(p.exit_code == 143 for p in pods[:-1]), [p.exit_code for p in pods]
-    figures("7 evictions", steps=st["step"], pods=len(pods), stopped_at=stops, resumed_at=resumed, steps_lost=0)
+    figures(
+        f"{EVICTIONS} evictions", steps=st["step"], pods=len(pods), stopped_at=stops, resumed_at=resumed, steps_lost=0
+    )
 
 
 def _in_flight(store: S3Store, prefix: str) -> bool:
