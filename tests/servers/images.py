@@ -41,6 +41,9 @@ SIGNALS = {"hangup": 1, "interrupt": 2, "quit": 3, "aborted": 6, "killed": 9, "s
            "terminated": 15}
 _SIGNAL_RE = re.compile(r"subprocess exited on (" + "|".join(SIGNALS) + r")")
 START_ERROR = "process failed to start with error"
+# In every command name of `buildah run`'s own processes (buildah, memfd:buildah-chroot-...):
+# they SIGKILL the container's process on SIGTERM, so a pod's SIGTERM goes past them.
+RUNTIME_PROCESS_NAME = "buildah"
 
 
 def storage_env() -> dict[str, str]:

@@ -32,7 +32,8 @@ What is emulated of a container in both, and what is not:
 - restartPolicy: Never ends the pod with the exit code; OnFailure restarts on non-zero;
   Always restarts on any exit (restartCount and lastState are reported).
 - Deletion (an eviction through the Eviction API, a preemption, a foreground-deleted Job): the
-  process group gets SIGTERM, then SIGKILL after the pod's terminationGracePeriodSeconds, and
+  container's processes get SIGTERM (in image mode past `buildah run`'s own, which would
+  SIGKILL them), then SIGKILL after the pod's terminationGracePeriodSeconds, and
   the pod gets its final phase and exit code, as the kubelet gives it; conditions the API
   server set (DisruptionTarget) stay. A pod deleted before its process ran ends Failed with
   reason ContainerStatusUnknown. A Job with a podFailurePolicy needs this final status.
@@ -369,7 +370,9 @@ class PodRunner:
                 grace = float(spec.get("terminationGracePeriodSeconds", 30))
                 if rec.proc is not None:
                     # Off the watch thread: a slow-dying process must not stall the watch.
-                    threading.Thread(target=kill_group, args=(rec.proc, grace), daemon=True).start()
+                    threading.Thread(
+                        target=kill_group, args=(rec.proc, grace, images.RUNTIME_PROCESS_NAME), daemon=True
+                    ).start()
                 else:
                     rec.finished = True
                     self._never_ran(pod)

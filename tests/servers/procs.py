@@ -135,14 +135,39 @@ class ServerProcess:
         self._log.close()
 
 
-def kill_group(proc: subprocess.Popen[bytes], grace: float = 10.0) -> None:
-    """Terminate a process started with start_new_session=True and everything in its group."""
+def group_members(pgid: int) -> list[tuple[int, str]]:
+    """(pid, comm) of every live process in a process group, from /proc."""
+    out = []
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            stat = (d / "stat").read_text()
+        except OSError:
+            continue
+        comm, rest = stat[stat.index("(") + 1 : stat.rindex(")")], stat[stat.rindex(")") + 2 :].split()
+        if int(rest[2]) == pgid:  # fields after comm: state, ppid, pgrp
+            out.append((int(d.name), comm))
+    return out
+
+
+def kill_group(proc: subprocess.Popen[bytes], grace: float = 10.0, spare: str | None = None) -> None:
+    """Terminate a process started with start_new_session=True and everything in its group.
+
+    `spare`: SIGTERM goes only to the members whose command name lacks it (a container
+    runtime's own processes, which would SIGKILL their child on SIGTERM), so the container's
+    processes get their grace period; if there are none yet, the whole group gets it."""
     try:
         pgid = os.getpgid(proc.pid)
     except ProcessLookupError:
         pgid = proc.pid
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(pgid, signal.SIGTERM)
+    inside = [pid for pid, comm in group_members(pgid) if spare is not None and spare not in comm]
+    for pid in inside:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+    if not inside:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pgid, signal.SIGTERM)
     with contextlib.suppress(subprocess.TimeoutExpired):
         proc.wait(timeout=grace)
     # Children may outlive the leader: kill the group unconditionally.
