@@ -30,6 +30,7 @@ import time
 from collections.abc import Iterator
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -150,6 +151,11 @@ def test_a_short_store_outage_fails_no_pod_and_one_past_the_deadline_fails_clean
 EVICTIONS = int(os.environ.get("PARIS_CHAOS_EVICTIONS", "3"))
 
 
+def job_backoff(failures: int) -> float:
+    """The Job controller's delay before the pod after the given number of failed pods."""
+    return min(10.0 * 2 ** (failures - 1), 600.0) if failures else 0.0
+
+
 def test_an_expert_evicted_again_and_again_still_completes(
     k8s_cluster: Cluster,
     k8s_namespace: str,
@@ -179,7 +185,7 @@ def test_an_expert_evicted_again_and_again_still_completes(
             return pods[-1] if fresh else None
 
         # The Job controller's backoff (above), then the pod starts.
-        victim = eventually(running, min(10 * 2**n, 600) + 300, f"pod {n + 1} to train", debug)
+        victim = eventually(running, job_backoff(n) + 300, f"pod {n + 1} to train", debug)
         last_step = status_of(cluster, ns, "parisexperts", "evicted")["step"]
         body = {"apiVersion": "policy/v1", "kind": "Eviction", "metadata": {"name": victim.name, "namespace": ns}}
         core.create_namespaced_pod_eviction(victim.name, ns, body)
@@ -188,7 +194,11 @@ def test_an_expert_evicted_again_and_again_still_completes(
         if m := re.search(r"stopped on SIGTERM after .* at step (\d+)", victim.logs()):
             last_step = int(m[1])
 
-    st = until(cluster, ns, "parisexperts", "evicted", lambda s: s.get("phase") == "Succeeded", "to finish", debug)
+    def finished() -> dict[str, Any] | None:  # the last pod waits out the longest backoff first
+        st = status_of(cluster, ns, "parisexperts", "evicted")
+        return st if st.get("phase") == "Succeeded" else None
+
+    st = eventually(finished, job_backoff(EVICTIONS) + 300, "evicted: to finish", debug)
     assert st["step"] == 240 and not st.get("podFailures"), st
     job = cluster.batch().read_namespaced_job(st["jobName"], ns)
     assert not job.status.failed, "evictions are disruptions: none counted"
