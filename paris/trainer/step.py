@@ -86,12 +86,15 @@ def compiler_found(device: torch.device) -> bool:
 
     if device.type == "cuda":
         return any(shutil.which(c) for c in (os.environ.get("CC", "cc"), "gcc", "clang"))
-    from torch._inductor import config
+    from torch._inductor import cpp_builder, exc
 
-    # inductor's own search (cpp_builder.cpp_compiler_search) caches its first answer for the
-    # process, so it cannot answer again after PATH changes; look up the same candidates here.
-    cxx = config.cpp.cxx
-    return any(c and shutil.which(c) for c in (cxx if isinstance(cxx, (list, tuple)) else (cxx,)))
+    # inductor's search caches its first answer for the process: ask it afresh (PATH may differ).
+    cpp_builder.cpp_compiler_search.cache_clear()
+    try:
+        cpp_builder.get_cpp_compiler()
+    except (exc.InvalidCxxCompiler, RuntimeError):
+        return False
+    return True
 
 
 def compile_blocks(model: torch.nn.Module) -> int:

@@ -30,7 +30,6 @@ import time
 from collections.abc import Iterator
 from functools import partial
 from pathlib import Path
-from typing import Any
 
 import pytest
 import yaml
@@ -194,11 +193,9 @@ def test_an_expert_evicted_again_and_again_still_completes(
         if m := re.search(r"stopped on SIGTERM after .* at step (\d+)", victim.logs()):
             last_step = int(m[1])
 
-    def finished() -> dict[str, Any] | None:  # the last pod waits out the longest backoff first
-        st = status_of(cluster, ns, "parisexperts", "evicted")
-        return st if st.get("phase") == "Succeeded" else None
-
-    st = eventually(finished, job_backoff(EVICTIONS) + 300, "evicted: to finish", debug)
+    # The last pod waits out the longest backoff first.
+    succeeded, wait = (lambda s: s.get("phase") == "Succeeded"), job_backoff(EVICTIONS) + 300
+    st = until(cluster, ns, "parisexperts", "evicted", succeeded, "to finish", debug, wait)
     assert st["step"] == 240 and not st.get("podFailures"), st
     job = cluster.batch().read_namespaced_job(st["jobName"], ns)
     assert not job.status.failed, "evictions are disruptions: none counted"

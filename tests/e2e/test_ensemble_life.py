@@ -114,13 +114,20 @@ def status_of(cluster: Cluster, ns: str, plural: str, name: str) -> dict[str, An
 
 
 def until(
-    cluster: Cluster, ns: str, plural: str, name: str, ok: Callable[[dict[str, Any]], bool], what: str, debug: Any
+    cluster: Cluster,
+    ns: str,
+    plural: str,
+    name: str,
+    ok: Callable[[dict[str, Any]], bool],
+    what: str,
+    debug: Any,
+    timeout: float = 600,
 ) -> dict[str, Any]:
     def check() -> dict[str, Any] | None:
         st = status_of(cluster, ns, plural, name)
         return st if st and ok(st) else None
 
-    return eventually(check, 600, f"{name}: {what}", debug)
+    return eventually(check, timeout, f"{name}: {what}", debug)
 
 
 def cond(st: dict[str, Any], type_: str) -> dict[str, Any]:

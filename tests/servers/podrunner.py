@@ -75,6 +75,9 @@ from tests.servers import images
 from tests.servers.cluster import FAKE_NODE_ANNOTATION, Cluster
 from tests.servers.procs import free_port, kill_group, port_open
 
+# The hostPath types emulated, and what each requires of the path ("" checks nothing).
+HOST_PATH_CHECKS = {"": None, "DirectoryOrCreate": None, "Directory": Path.is_dir, "File": Path.is_file}
+
 # Variables of the test process a local process may need (offline hub flags, locale, BLAS
 # quirks of this machine). Everything else of the test environment stays out; in image mode
 # all of it does (the image sets its own).
@@ -370,9 +373,8 @@ class PodRunner:
                 grace = float(spec.get("terminationGracePeriodSeconds", 30))
                 if rec.proc is not None:
                     # Off the watch thread: a slow-dying process must not stall the watch.
-                    threading.Thread(
-                        target=kill_group, args=(rec.proc, grace, images.RUNTIME_PROCESS_NAME), daemon=True
-                    ).start()
+                    spare = images.RUNTIME_PROCESS_NAME if self.runtime == "image" else None
+                    threading.Thread(target=kill_group, args=(rec.proc, grace, spare), daemon=True).start()
                 else:
                     rec.finished = True
                     self._never_ran(pod)
@@ -586,12 +588,12 @@ class PodRunner:
                 # The node's own directory, as the kubelet mounts it; the node is this machine.
                 host = Path(vol["hostPath"]["path"])
                 kind = vol["hostPath"].get("type") or ""
+                if kind not in HOST_PATH_CHECKS:
+                    raise PodStartError(f"volume {m['name']!r}: hostPath type {kind!r} is not emulated")
                 if kind == "DirectoryOrCreate":
                     host.mkdir(parents=True, exist_ok=True)
-                elif kind in ("Directory", "File") and not (host.is_dir() if kind == "Directory" else host.is_file()):
+                elif (check := HOST_PATH_CHECKS[kind]) is not None and not check(host):
                     raise PodStartError(f"hostPath type check failed: {host} is not a {kind.lower()}")
-                elif kind not in ("", "Directory", "File"):
-                    raise PodStartError(f"volume {m['name']!r}: hostPath type {kind!r} is not emulated")
             else:
                 kinds = sorted(k for k in vol if k != "name")
                 raise PodStartError(f"volume {m['name']!r}: {kinds} is not emulated by the pod runner")

@@ -161,7 +161,7 @@ def kill_group(proc: subprocess.Popen[bytes], grace: float = 10.0, spare: str | 
         pgid = os.getpgid(proc.pid)
     except ProcessLookupError:
         pgid = proc.pid
-    inside = [pid for pid, comm in group_members(pgid) if spare is not None and spare not in comm]
+    inside = [pid for pid, comm in group_members(pgid) if spare not in comm] if spare else []
     for pid in inside:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGTERM)
