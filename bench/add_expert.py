@@ -14,7 +14,8 @@ Reported: the router update's cost over one expert's training (loop seconds, and
 with data loading and the router's held-out evaluation), the nines' accuracy before and after,
 the other digits' accuracy before and after.
 
-    python bench/add_expert.py [--expert-steps 800] [--router-steps 500] [--grow-steps 40] [--json out.json]
+    python bench/add_expert.py [--expert-steps 800] [--router-steps 500] [--grow-steps 40]
+                               [--json out.json] [--keep DIR]
 """
 
 from __future__ import annotations
@@ -86,11 +87,12 @@ def main() -> None:
     ap.add_argument("--router-steps", type=int, default=500)
     ap.add_argument("--grow-steps", type=int, default=40)
     ap.add_argument("--json", type=Path)
+    ap.add_argument("--keep", type=Path, help="leave the store here for inspection (default: a temporary folder)")
     args = ap.parse_args()
     torch.set_num_threads(2)
-    out: dict[str, Any] = {"settings": vars(args) | {"json": str(args.json) if args.json else None}}
+    out: dict[str, Any] = {"settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}}
     with tempfile.TemporaryDirectory() as tmp:
-        root = Path(tmp)
+        root = args.keep or Path(tmp)
         cfg = config(root, args.expert_steps, args.router_steps, args.grow_steps)
         store = LocalStore(root)
         t = time.perf_counter()

@@ -119,7 +119,7 @@ def step_flops(cfg: RunConfig, store: Store) -> dict[str, int]:
     from paris.data.shards import ShardSet, load_manifest, load_null_text, load_split
     from paris.data.stream import InMemory
     from paris.router.model import build_router
-    from paris.router.train import class_of, router_loss
+    from paris.router.objective import class_of, router_loss
     from paris.trainer.expert import expert_loss
     from paris.trainer.model import build_expert
     from paris.trainer.step import StepOptions, TrainStep, count_flops

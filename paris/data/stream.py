@@ -9,7 +9,14 @@ current window by the step's own generator. So the window a step uses is a funct
 uninterrupted one exactly. When every part fits in one window the stream is that window for
 good, and sampling is uniform over the whole split, as a fully loaded split would give.
 
-Memory: at most two windows (the current one and the one being prefetched).
+With groups (the router: one per cluster) a window that lacks a cluster would teach the router
+that cluster's absence: a few steps without it and the classifier stops predicting it. So every
+window holds at least one part of every group (a group with fewer parts than the epoch has
+windows lends its parts to several windows), and each step's rows are drawn so that every group
+has its share of the whole split, not of the window.
+
+Memory: at most two windows (the current one and the one being prefetched); with groups a
+window holds up to `window` parts plus one per group.
 """
 
 from __future__ import annotations
@@ -24,6 +31,8 @@ import torch
 
 from paris.data.shards import ShardSet, read_shard
 from paris.storage import Store
+
+Window = tuple[ShardSet, torch.Tensor | None]  # a window's rows, and their weights (None: uniform)
 
 
 class Batches(Protocol):
@@ -63,10 +72,15 @@ class ShardStream:
         self.window = max(1, min(window, len(parts)))
         self.samples_per_step, self.seed = samples_per_step, seed
         self.samples = sum(int(p["samples"]) for p in parts)
+        if groups is not None:  # each group's share of the split: what a step's rows follow
+            sizes: dict[int, int] = {}
+            for p, group in zip(parts, groups, strict=True):
+                sizes[group] = sizes.get(group, 0) + int(p["samples"])
+            self._share = {group: n / self.samples for group, n in sizes.items()}
         self._epochs: list[list[tuple[int, list[int]]]] = []  # per epoch: (steps, part ids) per window
         self._starts: list[int] = [0]  # first step of each epoch, plus the end of the last one
-        self._current: tuple[tuple[int, int], ShardSet] | None = None
-        self._next: tuple[tuple[int, int], Future[ShardSet]] | None = None
+        self._current: tuple[tuple[int, int], Window] | None = None
+        self._next: tuple[tuple[int, int], Future[Window]] | None = None
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="paris-prefetch")
         self.loads = 0  # parts read so far (tests check that windows are not reread)
         self.step = 0
@@ -77,31 +91,33 @@ class ShardStream:
         while len(self._epochs) <= e:
             k = len(self._epochs)
             g = torch.Generator().manual_seed(self.seed * 1_000_003 + 7_919 * k + 17)
-            order = self._order(g) if len(self.parts) > self.window else list(range(len(self.parts)))
             windows = []
-            for w in range(0, len(order), self.window):
-                ids = order[w : w + self.window]
+            for ids in self._windows(g):
                 n = sum(int(self.parts[i]["samples"]) for i in ids)
                 windows.append((max(1, math.ceil(n / self.samples_per_step)), ids))
             self._epochs.append(windows)
             self._starts.append(self._starts[-1] + sum(s for s, _ in windows))
         return self._epochs[e]
 
-    def _order(self, g: torch.Generator) -> list[int]:
-        """An epoch's order of parts. With groups (the router: one per cluster), each group's
-        parts are spread evenly through the epoch, so every window mixes the clusters in their
-        proportions instead of showing a few clusters at a time."""
+    def _windows(self, g: torch.Generator) -> list[list[int]]:
+        """An epoch's windows (part ids each): a random order cut into windows; with groups,
+        every group's parts spread over all windows, each window getting at least one."""
+        if len(self.parts) <= self.window:
+            return [list(range(len(self.parts)))]
         if self.groups is None:
-            return torch.randperm(len(self.parts), generator=g).tolist()
+            order = torch.randperm(len(self.parts), generator=g).tolist()
+            return [order[w : w + self.window] for w in range(0, len(order), self.window)]
         members: dict[int, list[int]] = {}
         for i, group in enumerate(self.groups):
             members.setdefault(group, []).append(i)
-        keyed: list[tuple[float, int]] = []
+        count = math.ceil(len(self.parts) / max(self.window, len(members)))
+        windows: list[list[int]] = [[] for _ in range(count)]
         for ids in members.values():
-            rank = torch.randperm(len(ids), generator=g).tolist()
-            jitter = torch.rand(len(ids), generator=g).tolist()
-            keyed += [((r + u) / len(ids), i) for i, r, u in zip(ids, rank, jitter, strict=True)]
-        return [i for _, i in sorted(keyed)]
+            ids = [ids[j] for j in torch.randperm(len(ids), generator=g).tolist()]
+            for w, window in enumerate(windows):  # group parts [lo, hi) go to window w; at least one
+                lo = w * len(ids) // count
+                window += ids[lo : max(lo + 1, (w + 1) * len(ids) // count)]
+        return windows
 
     def window_at(self, step: int) -> tuple[int, int]:
         """(epoch, window) that step `step` draws from."""
@@ -129,9 +145,20 @@ class ShardStream:
         """The parts of a window; only the calling (training) thread builds the schedule."""
         return self._epoch(at[0])[at[1]][1]
 
-    def _load(self, ids: list[int]) -> ShardSet:
+    def _load(self, ids: list[int]) -> Window:
+        """A window's rows, and with groups each row's weight: its group's share of the split
+        spread over the group's rows in this window (None: uniform)."""
         self.loads += len(ids)
-        return ShardSet.concat([self.reader(self.store, self.root, self.parts[i]) for i in ids])
+        parts = [self.reader(self.store, self.root, self.parts[i]) for i in ids]
+        data = ShardSet.concat(parts)
+        if self.groups is None or len(self.parts) <= self.window:
+            return data, None
+        group = torch.cat([torch.full((len(p),), self.groups[i]) for i, p in zip(ids, parts, strict=True)])
+        weights = torch.empty(len(group), dtype=torch.float64)
+        for k in group.unique().tolist():
+            rows = group == k
+            weights[rows] = self._share[k] / int(rows.sum())
+        return data, weights
 
     def at_step(self, step: int) -> None:
         """Make the window of `step` current (waiting for it if the prefetch is not done) and
@@ -150,15 +177,21 @@ class ShardStream:
 
     @property
     def data(self) -> ShardSet:
+        return self._window()[0]
+
+    def _window(self) -> Window:
         if self._current is None:
             self.at_step(self.step)
         assert self._current is not None
         return self._current[1]
 
     def batch(self, g: torch.Generator, size: int) -> tuple[ShardSet, torch.Tensor]:
-        """`size` rows drawn with replacement from the current window by generator `g`."""
-        data = self.data
-        return data, torch.randint(len(data), (size,), generator=g)
+        """`size` rows drawn with replacement from the current window by generator `g`: uniformly,
+        or with groups in proportion to each group's share of the split."""
+        data, weights = self._window()
+        if weights is None:
+            return data, torch.randint(len(data), (size,), generator=g)
+        return data, torch.multinomial(weights, size, replacement=True, generator=g)
 
     def close(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)

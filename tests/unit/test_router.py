@@ -11,7 +11,7 @@ from paris.config import RouterModelConfig, TrainConfig
 from paris.data.shards import ShardSet
 from paris.data.stream import InMemory
 from paris.router.model import build_router
-from paris.router.train import router_loss
+from paris.router.objective import router_loss
 
 LATENT = {"size": 8, "channels": 1}
 

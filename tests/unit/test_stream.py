@@ -19,9 +19,13 @@ def parts(tmp_path_factory: pytest.TempPathFactory) -> tuple[LocalStore, list[di
     store = LocalStore(tmp_path_factory.mktemp("stream"))
     writer = PartWriter(store, "ds", index=0, shard_size=10)
     n = 95  # ten parts, the last one short
-    rows = {"latents": torch.arange(n, dtype=torch.float32).reshape(n, 1, 1, 1),
-            "text_states": torch.zeros(n, 2, 3), "text_mask": torch.ones(n, 2, dtype=torch.bool),
-            "labels": torch.arange(n), "clusters": torch.zeros(n, dtype=torch.long)}
+    rows = {
+        "latents": torch.arange(n, dtype=torch.float32).reshape(n, 1, 1, 1),
+        "text_states": torch.zeros(n, 2, 3),
+        "text_mask": torch.ones(n, 2, dtype=torch.bool),
+        "labels": torch.arange(n),
+        "clusters": torch.zeros(n, dtype=torch.long),
+    }
     writer.add(0, rows, [f"c{i}" for i in range(n)], [f"k{i}" for i in range(n)])
     return store, writer.close()
 
@@ -80,15 +84,35 @@ def test_a_split_that_fits_in_one_window_is_read_once(parts: tuple[LocalStore, l
     assert set(FIELDS) <= set(vars(stream.data))
 
 
-def test_grouped_parts_are_spread_so_every_window_mixes_the_groups(
+def test_every_window_holds_every_group_and_a_small_group_lends_its_parts(
     parts: tuple[LocalStore, list[dict[str, Any]]],
 ) -> None:
     store, infos = parts
-    groups = [0] * 4 + [1] * 4 + [2] * 2  # three clusters' parts, as the router streams them
+    groups = [0] * 5 + [1] * 4 + [2]  # three clusters' parts, as the router streams them; one has a single part
     stream = ShardStream(store, "ds", infos, samples_per_step=8, window=3, seed=0, groups=groups)
     for e in range(5):
         windows = [ids for _, ids in stream._epoch(e)]
-        assert sorted(i for ids in windows for i in ids) == list(range(10))  # each part once per epoch
-        for ids in windows[:3]:  # full windows of 3 hold 3 different clusters... or nearly
-            assert len({groups[i] for i in ids}) >= 2, windows
+        assert len(windows) == 4  # ceil(10 parts / 3)
+        assert set(range(10)) <= {i for ids in windows for i in ids}  # every part at least once per epoch
+        for ids in windows:
+            assert sorted({groups[i] for i in ids}) == [0, 1, 2], windows  # no cluster ever absent
+            assert len(ids) <= 3 + 3  # the window, plus at most one part per group
+        assert sum(ids.count(9) for ids in windows) == 4  # the single part of group 2 lent to each window
+    stream.close()
+
+
+def test_a_steps_rows_follow_each_groups_share_of_the_split_not_of_the_window(
+    parts: tuple[LocalStore, list[dict[str, Any]]],
+) -> None:
+    store, infos = parts
+    groups = [0] * 5 + [1] * 4 + [2]  # 50, 40 and 5 samples: group 2 is 5/95 of the split
+    stream = ShardStream(store, "ds", infos, samples_per_step=8, window=3, seed=0, groups=groups)
+    group_of_row = torch.tensor([g for g, info in zip(groups, infos, strict=True) for _ in range(int(info["samples"]))])
+    for window in range(4):  # group 2 is 5 of about 25 rows in each window: a uniform draw would give it 1/5
+        step = next(s for s in range(200) if stream.window_at(s) == (0, window))
+        stream.at_step(step)
+        data, idx = stream.batch(torch.Generator().manual_seed(window), 20_000)
+        share = torch.bincount(group_of_row[data.labels[idx]], minlength=3) / len(idx)
+        torch.testing.assert_close(share, torch.tensor([50, 40, 5]) / 95, atol=0.015, rtol=0)
+    assert _rows(stream, 3) == _rows(stream, 3)  # still a function of (seed, step)
     stream.close()
