@@ -15,8 +15,8 @@ window holds at least one part of every group (a group with fewer parts than the
 windows lends its parts to several windows), and each step's rows are drawn so that every group
 has its share of the whole split, not of the window.
 
-Memory: at most two windows (the current one and the one being prefetched); with groups a
-window holds up to `window` parts plus one per group.
+Memory: at most two windows (the current one and the one being prefetched); with G groups a
+window holds up to max(window, G) + G parts.
 """
 
 from __future__ import annotations
