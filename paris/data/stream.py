@@ -70,6 +70,7 @@ class ShardStream:
         self.groups = groups
         self.store, self.root, self.parts, self.reader = store, root, parts, reader
         self.window = max(1, min(window, len(parts)))
+        self.whole = len(parts) <= self.window  # the split is one window, for good
         self.samples_per_step, self.seed = samples_per_step, seed
         self.samples = sum(int(p["samples"]) for p in parts)
         if groups is not None:  # each group's share of the split: what a step's rows follow
@@ -102,7 +103,7 @@ class ShardStream:
     def _windows(self, g: torch.Generator) -> list[list[int]]:
         """An epoch's windows (part ids each): a random order cut into windows; with groups,
         every group's parts spread over all windows, each window getting at least one."""
-        if len(self.parts) <= self.window:
+        if self.whole:
             return [list(range(len(self.parts)))]
         if self.groups is None:
             order = torch.randperm(len(self.parts), generator=g).tolist()
@@ -121,7 +122,7 @@ class ShardStream:
 
     def window_at(self, step: int) -> tuple[int, int]:
         """(epoch, window) that step `step` draws from."""
-        if len(self.parts) <= self.window:
+        if self.whole:
             return (0, 0)
         while self._starts[-1] <= step:
             self._epoch(len(self._epochs))
@@ -134,7 +135,7 @@ class ShardStream:
         raise AssertionError("unreachable")
 
     def _after(self, at: tuple[int, int]) -> tuple[int, int] | None:
-        if len(self.parts) <= self.window:
+        if self.whole:
             return None
         e, w = at
         return (e, w + 1) if w + 1 < len(self._epoch(e)) else (e + 1, 0)
@@ -151,7 +152,7 @@ class ShardStream:
         self.loads += len(ids)
         parts = [self.reader(self.store, self.root, self.parts[i]) for i in ids]
         data = ShardSet.concat(parts)
-        if self.groups is None or len(self.parts) <= self.window:
+        if self.groups is None or self.whole:
             return data, None
         group = torch.cat([torch.full((len(p),), self.groups[i]) for i, p in zip(ids, parts, strict=True)])
         weights = torch.empty(len(group), dtype=torch.float64)

@@ -100,7 +100,7 @@ def fit_head(
     try:
         with torch.no_grad():
             for data, idx, t, eps, rows in drawn:
-                router_logits(model, data, idx, t, eps, device, (rows, *null_text) if rows.any() else None)
+                router_logits(model, data, idx, t, eps, device, (rows, *null_text))
     finally:
         hook.remove()
     x = torch.cat(features)

@@ -29,7 +29,7 @@ def router_logits(
     drop: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """Router logits for samples idx at noise t; `drop` = (rows, null states, null mask)
-    replaces those rows' captions with the empty caption."""
+    replaces the captions of those rows (a bool mask, perhaps all False) with the empty caption."""
     x_t = interpolate(data.latents[idx], eps, t)
     text = mask = None
     router = cast(ParisRouter, getattr(model, "module", model))  # DDP wraps the router in .module
@@ -55,7 +55,8 @@ def targets(data: ShardSet, idx: torch.Tensor, label_of: torch.Tensor | None) ->
     return data.clusters[idx] if label_of is None else label_of[data.clusters[idx]]
 
 
-Draw = tuple[ShardSet, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]  # data, rows, t, eps, dropped
+# A batch: its window, row indices, noise levels, noise, and the rows given the empty caption.
+Draw = tuple[ShardSet, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
 
 
 def draw(stream: Batches, g: torch.Generator, cfg: TrainConfig) -> Draw:
@@ -84,8 +85,7 @@ def router_loss(
     def loss_fn(model: torch.nn.Module, g: torch.Generator, device: torch.device) -> torch.Tensor:
         data, idx, t, eps, rows = draw(stream, g, cfg)
         idx, t, eps, rows = local_part(idx, t, eps, rows)  # this rank's slice of the global batch
-        drop = (rows, *null_text) if cfg.caption_dropout > 0 else None
-        logits = router_logits(cast(ParisRouter, model), data, idx, t, eps, device, drop)
+        logits = router_logits(cast(ParisRouter, model), data, idx, t, eps, device, (rows, *null_text))
         return F.cross_entropy(logits.float(), targets(data, idx, label_of).to(device))
 
     return loss_fn

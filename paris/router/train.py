@@ -117,8 +117,8 @@ def train_router(
         # the few steps at a fraction of the rate, too low to teach the new class.
         steps = cfg.router.grow_steps or max(1, tcfg.steps // 10)
         tcfg = tcfg.model_copy(update={"steps": steps, "warmup_steps": min(tcfg.warmup_steps, steps // 5)})
-    # The routed clusters' parts in one stream, each window mixing them in proportion (the
-    # parts of a cluster are spread through the epoch); nothing loads them all.
+    # The routed clusters' parts in one stream: every window holds each of them, and a step's
+    # rows follow their shares of the split (paris.data.stream); nothing loads them all.
     split = [(i, p) for i in clusters for p in split_shards(manifest, i)]
     stream = ShardStream(
         store,
@@ -132,7 +132,7 @@ def train_router(
     torch.manual_seed(tcfg.seed)
     model = build_router(cfg.router.model, len(clusters), manifest["latent"], manifest["text"]["dim"], clusters)
     null_text = load_null_text(store, manifest)
-    if grow_from is not None:
+    if grow_from is not None and not store.exists(f"{prefix}/latest.json"):  # (a resume loads its checkpoint)
         model = grown_router(store, grow_from, model)
         stream.at_step(0)
         drawn = [draw(stream, torch.Generator().manual_seed(PROBE_SEED + i), tcfg) for i in range(PROBE_BATCHES)]

@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
 
 _BUILD_HINT = 'run `scripts/test-infra build` (then `eval "$(scripts/test-infra env)"`)'
@@ -136,18 +137,12 @@ class ServerProcess:
 
 
 def group_members(pgid: int) -> list[tuple[int, str]]:
-    """(pid, comm) of every live process in a process group, from /proc."""
+    """(pid, command name) of every live process in a process group."""
     out = []
-    for d in Path("/proc").iterdir():
-        if not d.name.isdigit():
-            continue
-        try:
-            stat = (d / "stat").read_text()
-        except OSError:
-            continue
-        comm, rest = stat[stat.index("(") + 1 : stat.rindex(")")], stat[stat.rindex(")") + 2 :].split()
-        if int(rest[2]) == pgid:  # fields after comm: state, ppid, pgrp
-            out.append((int(d.name), comm))
+    for p in psutil.process_iter(["name"]):
+        with contextlib.suppress(ProcessLookupError):
+            if os.getpgid(p.pid) == pgid:
+                out.append((p.pid, p.info["name"]))
     return out
 
 
