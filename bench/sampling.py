@@ -16,7 +16,15 @@ router splits a batch of digit prompts over every expert: one smaller call per e
     python -m bench.sampling                                   # bench/README.md table
     python -m bench.sampling --pipeline runs/store/models/digits/pipelines/<version>
     python -m bench.sampling --device cuda --batch 64
+    python -m bench.sampling --paper --precision bf16          # the paper's proportions
     python -m bench.sampling --quick                           # seconds; the test runs this
+
+`--paper` measures where the paper's money is: random weights in the paper's proportions, a
+DiT-S/2 expert (PixArt block, 77x768 CLIP-shaped captions) on 32x32x4 latents and a text-blind
+router two thirds its width and three sevenths its depth, as DiT-B/2 is to DiT-XL/2 (hidden
+256, depth 5). Its head is drawn wide, so that the samples spread over the experts as a
+trained router's do. At these sizes one expert call is hundreds of milliseconds of matmuls and
+the fixed per-call cost of the demo's tiny models vanishes.
 """
 
 from __future__ import annotations
@@ -25,7 +33,7 @@ import argparse
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from diffusers import FlowMatchEulerDiscreteScheduler
@@ -39,6 +47,8 @@ from paris.router.pipeline import ParisPipeline
 from paris.trainer.model import build_expert
 
 LATENT = {"size": 8, "channels": 1}
+# --paper: (expert preset, router hidden, router depth, router heads, latent, caption length, width)
+PAPER = ("S", 256, 5, 4, {"size": 32, "channels": 4}, 77, 768)
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -53,22 +63,31 @@ def text_parts(device: torch.device) -> tuple[Any, Any]:
 
 
 def random_pipeline(
-    k: int, expert: ExpertModelConfig, router: RouterModelConfig, text: tuple[Any, Any]
+    k: int,
+    expert: ExpertModelConfig,
+    router: RouterModelConfig,
+    text: tuple[Any, Any] | None,
+    latent: dict[str, int] = LATENT,
+    text_dim: int = 384,
+    spread: float = 0.0,
 ) -> ParisPipeline:
-    """A pipeline of the demo's shapes with random weights (outputs randomized so that the
-    velocities are not all zero), seeded: the same routing in every run."""
+    """A pipeline of random weights (outputs randomized so that the velocities are not all
+    zero), seeded: the same routing in every run. `spread` > 0 draws the router's last layer
+    with that std, so that its argmax differs from sample to sample."""
     torch.manual_seed(0)
     experts = {}
     for i in range(k):
-        e = build_expert(expert, LATENT, 384)
+        e = build_expert(expert, latent, text_dim)
         torch.nn.init.normal_(e.proj_out.weight, std=0.02)
         experts[f"expert_{i}"] = e
-    r = build_router(router, k, LATENT, 384)
+    r = build_router(router, k, latent, text_dim)
+    if spread:
+        torch.nn.init.normal_(cast(torch.nn.Linear, r.head[-1]).weight, std=spread)
     return ParisPipeline(
         router=r,
         scheduler=FlowMatchEulerDiscreteScheduler(),
-        text_encoder=text[0],
-        tokenizer=text[1],
+        text_encoder=text[0] if text else None,
+        tokenizer=text[1] if text else None,
         text_max_length=16,
         **experts,
     )
@@ -76,7 +95,10 @@ def random_pipeline(
 
 def single_expert(pipe: ParisPipeline, k: int = 0) -> ParisPipeline:
     """The reference: the same pipeline class with expert k alone (no routing to do)."""
-    router = build_router(RouterModelConfig(hidden_size=8, depth=1, heads=1), 1, LATENT, 384)
+    cfg = pipe.router.config
+    latent = {"size": cfg.sample_size, "channels": cfg.in_channels}
+    text_dim = int(cast(Any, pipe.experts[k]).config.caption_channels)
+    router = build_router(RouterModelConfig(hidden_size=8, depth=1, heads=1), 1, latent, text_dim)
     return ParisPipeline(
         router=router,
         scheduler=FlowMatchEulerDiscreteScheduler.from_config(pipe.scheduler.config),
@@ -101,6 +123,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--clock", default="auto", choices=["auto", "cpu", "wall"])
     ap.add_argument("--profile", type=int, default=0, help="print torch.profiler's top N ops of each mode")
+    ap.add_argument("--paper", action="store_true", help="random weights in the paper's proportions (see above)")
+    ap.add_argument("--precision", default="fp32", choices=["fp32", "bf16"], help="bf16: autocast, as serving does")
     ap.add_argument("--quick", action="store_true", help="tiny models, 2 steps, 2 rounds: checks the harness")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args(argv)
@@ -115,6 +139,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     if args.pipeline:
         pipe = ParisPipeline.from_pretrained(args.pipeline)
+    elif args.paper:
+        preset, hidden, depth, heads, latent, _, width = PAPER
+        expert = ExpertModelConfig(preset=preset)
+        router = RouterModelConfig(hidden_size=hidden, depth=depth, heads=heads, condition_on_text=False)
+        if args.quick:
+            expert = expert.model_copy(update={"hidden_size": 32, "depth": 1, "heads": 2})
+            router = router.model_copy(update={"hidden_size": 16, "depth": 1, "heads": 2})
+            latent = {"size": 8, "channels": 4}
+        pipe = random_pipeline(cfg.data.clusters, expert, router, None, latent, width, spread=1.0)
     else:
         expert, router = cfg.expert, cfg.router.model
         if args.quick:
@@ -127,10 +160,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     one = single_expert(pipe).to(device)
     one.set_progress_bar_config(disable=True)
 
-    prompts = [p for p, _ in digit_prompts()]
-    prompts = [prompts[i % len(prompts)] for i in range(args.batch)]
-    embeds, mask = pipe.encode_prompt(prompts)
-    null, null_mask = pipe.encode_prompt([""])
+    if args.paper:  # CLIP-shaped caption states of full length (the train bench's captions)
+        g = torch.Generator().manual_seed(1)
+        embeds = torch.randn(args.batch, PAPER[5], PAPER[6], generator=g)
+        mask = torch.ones(args.batch, PAPER[5], dtype=torch.bool)
+        null, null_mask = torch.randn(1, PAPER[5], PAPER[6], generator=g), mask[:1].clone()
+        null_mask[:, 2:] = False  # the empty caption: start and end tokens
+    else:
+        prompts = [p for p, _ in digit_prompts()]
+        prompts = [prompts[i % len(prompts)] for i in range(args.batch)]
+        embeds, mask = pipe.encode_prompt(prompts)
+        null, null_mask = pipe.encode_prompt([""])
     shape = (args.batch, pipe.router.config.in_channels, pipe.router.config.sample_size, pipe.router.config.sample_size)
     latents = torch.randn(shape, generator=torch.Generator().manual_seed(0))
     kw: dict[str, Any] = {
@@ -145,9 +185,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     }
     calls: dict[str, list[int]] = {}
 
+    amp = torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.precision == "bf16")
+
     def call(p: ParisPipeline, routing: str) -> Callable[[], Any]:
         def run() -> Any:
-            out = p(routing=routing, **kw)
+            with amp:
+                out = p(routing=routing, **kw)
             calls[routing if p is pipe else "one expert"] = out.expert_calls
             return out
 
@@ -188,16 +231,27 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         }
     if args.pipeline:
         source = str(args.pipeline)
+    elif args.paper:
+        e, r = cast(Any, pipe.experts[0]).config, pipe.router.config
+        source = (
+            f"random weights in the paper's proportions, K={k}: "
+            f"expert hidden {e.num_attention_heads * e.attention_head_dim} depth {e.num_layers}, "
+            f"text-blind router hidden {r.hidden_size} depth {r.depth}, "
+            f"{r.sample_size}x{r.sample_size}x{r.in_channels} latents, {PAPER[5]}x{PAPER[6]} captions"
+        )
     else:
         h, d, _ = cfg.router.model.arch()
         source = f"random weights, K={k}, {args.config.name} shapes (router hidden {h}, depth {d})"
     title = (
         f"routed sampling, {source}: batch {args.batch}, {args.steps} steps, CFG {args.guidance} "
-        f"(both branches in one expert batch)"
+        f"(both branches in one expert batch), {args.precision}"
     )
     headers = ["variant", "s/call min / median / max", "time vs one expert", "goal", "router share"]
     headers += ["experts + router + rest (× one expert's call)", "experts/sample/step"]
     print(f"machine: {results['machine'].line()}\n\n#### {title}\n\n{markdown(headers, rows)}")
+    spread = {mode: calls[mode] for mode in args.modes}
+    results["expert_calls"] = spread
+    print("\nsample-steps each expert ran, per mode: " + "; ".join(f"{m} {c}" for m, c in spread.items()))
     if args.profile:
         for name, fn in variants.items():
             fn()

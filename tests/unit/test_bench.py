@@ -19,7 +19,10 @@ ROOT = Path(__file__).resolve().parents[2]
 def _bench(module: str, out: Path, *args: str) -> tuple[dict[str, Any], str]:
     r = subprocess.run(
         [sys.executable, "-m", module, "--quick", "--json", str(out), *args],
-        capture_output=True, text=True, cwd=ROOT, timeout=900,
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=900,
     )
     assert r.returncode == 0, r.stderr[-3000:]
     return json.loads(out.read_text()), r.stdout
@@ -61,12 +64,23 @@ def test_the_sampling_bench_reports_each_mode_against_one_expert(tmp_path: Path)
     assert data["one expert (K=1, no router)"]["parts_s"]["router"] == 0  # K=1: the router never runs
 
 
+def test_the_paper_shaped_sampling_bench_runs_a_text_blind_router_in_bf16(tmp_path: Path) -> None:
+    data, table = _bench("bench.sampling", tmp_path / "p.json", "--paper", "--precision", "bf16")
+    assert "text-blind router" in table and "77x768 captions" in table and "bf16" in table
+    calls = data["expert_calls"]
+    assert sum(calls["top1"]) == sum(calls["full"]) // 4  # one expert per sample-step, against K
+    assert sum(calls["top2"]) == 2 * sum(calls["top1"])
+    for mode in ("top1", "top2", "full"):
+        _check_stats(data[mode]["vs_one_expert"], rounds=2)
+
+
 def test_the_precision_default_follows_the_cpu_bf16_unit() -> None:
     def info(flags: str) -> str:
         return f"processor\t: 0\nmodel name\t: Some CPU\nflags\t\t: fpu sse2 {flags}\n\nprocessor\t: 1\n"
 
-    amx, avx, none = (parse_cpuinfo(info(f)) for f in ("avx512f avx512_bf16 amx_bf16 amx_tile", "avx512f avx512_bf16",
-                                                       "avx2 fma"))
+    amx, avx, none = (
+        parse_cpuinfo(info(f)) for f in ("avx512f avx512_bf16 amx_bf16 amx_tile", "avx512f avx512_bf16", "avx2 fma")
+    )
     assert (amx.bf16_kind, avx.bf16_kind, none.bf16_kind) == ("amx", "avx512_bf16", "none")
     assert amx.model == "Some CPU"
     import torch
