@@ -47,8 +47,11 @@ from paris.router.pipeline import ParisPipeline
 from paris.trainer.model import build_expert
 
 LATENT = {"size": 8, "channels": 1}
-# --paper: (expert preset, router hidden, router depth, router heads, latent, caption length, width)
-PAPER = ("S", 256, 5, 4, {"size": 32, "channels": 4}, 77, 768)
+# --paper: a DiT-S/2 expert, and a text-blind router 2/3 its width and 3/7 its depth (B/2 : XL/2)
+PAPER_EXPERT = ExpertModelConfig(preset="S")
+PAPER_ROUTER = RouterModelConfig(hidden_size=256, depth=5, heads=4, condition_on_text=False)
+PAPER_LATENT = {"size": 32, "channels": 4}
+CLIP_CAPTION = (77, 768)  # CLIP ViT-L/14 token states: length, width
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -139,21 +142,19 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     if args.pipeline:
         pipe = ParisPipeline.from_pretrained(args.pipeline)
-    elif args.paper:
-        preset, hidden, depth, heads, latent, _, width = PAPER
-        expert = ExpertModelConfig(preset=preset)
-        router = RouterModelConfig(hidden_size=hidden, depth=depth, heads=heads, condition_on_text=False)
-        if args.quick:
-            expert = expert.model_copy(update={"hidden_size": 32, "depth": 1, "heads": 2})
-            router = router.model_copy(update={"hidden_size": 16, "depth": 1, "heads": 2})
-            latent = {"size": 8, "channels": 4}
-        pipe = random_pipeline(cfg.data.clusters, expert, router, None, latent, width, spread=1.0)
     else:
-        expert, router = cfg.expert, cfg.router.model
+        if args.paper:
+            expert, router, latent = PAPER_EXPERT, PAPER_ROUTER, PAPER_LATENT
+        else:
+            expert, router, latent = cfg.expert, cfg.router.model, LATENT
         if args.quick:
             small = {"hidden_size": 32, "depth": 1, "heads": 2}
             expert, router = expert.model_copy(update=small), router.model_copy(update=small)
-        pipe = random_pipeline(cfg.data.clusters, expert, router, text_parts(device))
+            latent = {**latent, "size": 8}
+        if args.paper:
+            pipe = random_pipeline(cfg.data.clusters, expert, router, None, latent, CLIP_CAPTION[1], spread=1.0)
+        else:
+            pipe = random_pipeline(cfg.data.clusters, expert, router, text_parts(device), latent)
     pipe = pipe.to(device)
     pipe.set_progress_bar_config(disable=True)
     k = pipe.router.config.num_clusters
@@ -162,9 +163,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     if args.paper:  # CLIP-shaped caption states of full length (the train bench's captions)
         g = torch.Generator().manual_seed(1)
-        embeds = torch.randn(args.batch, PAPER[5], PAPER[6], generator=g)
-        mask = torch.ones(args.batch, PAPER[5], dtype=torch.bool)
-        null, null_mask = torch.randn(1, PAPER[5], PAPER[6], generator=g), mask[:1].clone()
+        embeds = torch.randn(args.batch, *CLIP_CAPTION, generator=g)
+        mask = torch.ones(args.batch, CLIP_CAPTION[0], dtype=torch.bool)
+        null, null_mask = torch.randn(1, *CLIP_CAPTION, generator=g), mask[:1].clone()
         null_mask[:, 2:] = False  # the empty caption: start and end tokens
     else:
         prompts = [p for p, _ in digit_prompts()]
@@ -237,7 +238,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             f"random weights in the paper's proportions, K={k}: "
             f"expert hidden {e.num_attention_heads * e.attention_head_dim} depth {e.num_layers}, "
             f"text-blind router hidden {r.hidden_size} depth {r.depth}, "
-            f"{r.sample_size}x{r.sample_size}x{r.in_channels} latents, {PAPER[5]}x{PAPER[6]} captions"
+            f"{r.sample_size}x{r.sample_size}x{r.in_channels} latents, {CLIP_CAPTION[0]}x{CLIP_CAPTION[1]} captions"
         )
     else:
         h, d, _ = cfg.router.model.arch()

@@ -19,10 +19,7 @@ ROOT = Path(__file__).resolve().parents[2]
 def _bench(module: str, out: Path, *args: str) -> tuple[dict[str, Any], str]:
     r = subprocess.run(
         [sys.executable, "-m", module, "--quick", "--json", str(out), *args],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        timeout=900,
+        capture_output=True, text=True, cwd=ROOT, timeout=900,
     )
     assert r.returncode == 0, r.stderr[-3000:]
     return json.loads(out.read_text()), r.stdout
@@ -78,9 +75,8 @@ def test_the_precision_default_follows_the_cpu_bf16_unit() -> None:
     def info(flags: str) -> str:
         return f"processor\t: 0\nmodel name\t: Some CPU\nflags\t\t: fpu sse2 {flags}\n\nprocessor\t: 1\n"
 
-    amx, avx, none = (
-        parse_cpuinfo(info(f)) for f in ("avx512f avx512_bf16 amx_bf16 amx_tile", "avx512f avx512_bf16", "avx2 fma")
-    )
+    amx, avx, none = (parse_cpuinfo(info(f)) for f in ("avx512f avx512_bf16 amx_bf16 amx_tile", "avx512f avx512_bf16",
+                                                       "avx2 fma"))
     assert (amx.bf16_kind, avx.bf16_kind, none.bf16_kind) == ("amx", "avx512_bf16", "none")
     assert amx.model == "Some CPU"
     import torch
