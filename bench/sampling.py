@@ -44,6 +44,7 @@ from paris.config import ExpertModelConfig, RouterModelConfig, load_config, pars
 from paris.evaluate import digit_prompts
 from paris.router.model import build_router
 from paris.router.pipeline import ParisPipeline
+from paris.router.runner import serving_dtype
 from paris.trainer.model import build_expert
 
 LATENT = {"size": 8, "channels": 1}
@@ -127,7 +128,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--clock", default="auto", choices=["auto", "cpu", "wall"])
     ap.add_argument("--profile", type=int, default=0, help="print torch.profiler's top N ops of each mode")
     ap.add_argument("--paper", action="store_true", help="random weights in the paper's proportions (see above)")
-    ap.add_argument("--precision", default="fp32", choices=["fp32", "bf16"], help="bf16: autocast, as serving does")
+    ap.add_argument(
+        "--precision", default="fp32", choices=["fp32", "bf16"], help="bf16: weights cast and autocast, as serving does"
+    )
     ap.add_argument("--quick", action="store_true", help="tiny models, 2 steps, 2 rounds: checks the harness")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args(argv)
@@ -160,6 +163,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     k = pipe.router.config.num_clusters
     one = single_expert(pipe).to(device)
     one.set_progress_bar_config(disable=True)
+    # The served precision: weights cast once (paris.router.runner), autocast for fp32 inputs.
+    precision = {"fp32": "no", "bf16": "bf16"}[args.precision]
+    dtype = serving_dtype(pipe, precision)
+    serving_dtype(one, precision)  # its own router; the expert is pipe's, already cast
 
     if args.paper:  # CLIP-shaped caption states of full length (the train bench's captions)
         g = torch.Generator().manual_seed(1)
@@ -186,7 +193,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     }
     calls: dict[str, list[int]] = {}
 
-    amp = torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.precision == "bf16")
+    amp = torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None)
 
     def call(p: ParisPipeline, routing: str) -> Callable[[], Any]:
         def run() -> Any:
