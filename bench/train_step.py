@@ -153,13 +153,17 @@ def ladder(amp: torch.dtype | None, device: torch.device) -> dict[str, StepOptio
         "paris before (eager, SDPA, for-loop AdamW, loss read every step)": base,
         f"+ {kernel} attention kernel": base.but(attention=kernel),
         "+ fused q/k/v projections": base.but(attention=kernel, fuse_projections=True),
-        "+ fused AdamW, foreach EMA and clip": base.but(
-            attention=kernel, fuse_projections=True, fused_optimizer=True
-        ),
-        "+ torch.compile per block (= paris default)": base.but(
+        "+ fused AdamW, foreach EMA and clip": base.but(attention=kernel, fuse_projections=True, fused_optimizer=True),
+        "+ torch.compile per block": base.but(
             attention=kernel, fuse_projections=True, fused_optimizer=True, compile=True
         ),
     }
+    if device.type == "cpu":
+        steps["+ tanh GELU as x·σ(2u) in the compiled blocks (= paris default)"] = base.but(
+            attention=kernel, fuse_projections=True, fused_optimizer=True, compile=True, sigmoid_gelu=True
+        )
+    else:
+        steps = {n.replace("per block", "per block (= paris default)"): o for n, o in steps.items()}
     return steps
 
 

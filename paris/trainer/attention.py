@@ -3,7 +3,7 @@
 diffusers' AttnProcessor2_0 calls torch's scaled_dot_product_attention, whose CPU kernels
 (flash and math) are slow in bf16 at DiT's sizes: PyTorch's CPU flash kernel runs its
 bf16 matmuls in small tiles, and the math kernel adds a masked-softmax pass. Two plain bf16
-matmuls around an fp32 softmax run at oneDNN's matmul speed instead (bench/README.md,
+matmuls around a softmax run at oneDNN's matmul speed instead (bench/README.md,
 "attention kernel"). CUDA keeps SDPA (flash / memory-efficient kernels).
 
 The projections read one concatenated weight (q, k, v for self-attention; k, v for
@@ -30,14 +30,17 @@ def _linear(x: torch.Tensor, layers: list[nn.Linear]) -> torch.Tensor:
     return F.linear(x, weight, bias)
 
 
-def matmul_attention(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor | None
-) -> torch.Tensor:
-    """softmax(q k^T / sqrt(d) + bias) v, the products in q's dtype, the softmax in fp32."""
-    scores = torch.matmul(q, k.transpose(-1, -2)).float() * q.shape[-1] ** -0.5
+def matmul_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """softmax(q k^T / sqrt(d) + bias) v, all in q's dtype.
+
+    The scale goes on q (d per row, not one per key) and the scores stay in q's dtype: a bf16
+    product is rounded to bf16 when it is written, so an fp32 softmax over it reads no more
+    precision, and it moves twice the bytes and keeps an fp32 copy for the backward pass.
+    The softmax itself reduces in fp32 inside the kernel, eager and compiled alike."""
+    scores = torch.matmul(q * q.shape[-1] ** -0.5, k.transpose(-1, -2))
     if bias is not None:
-        scores = scores + bias
-    return torch.matmul(scores.softmax(-1).to(v.dtype), v)
+        scores = scores + bias.to(scores.dtype)
+    return torch.matmul(scores.softmax(-1), v)
 
 
 class ParisAttnProcessor:

@@ -6,7 +6,8 @@ step (bench/train_step.py; the figures are in bench/README.md):
 - precision: bf16 autocast where the device has a bf16 unit (paris.devices);
 - attention: a kernel per device and fused q/k/v projections (paris.trainer.attention);
 - `torch.compile` of each transformer block ("regional" compilation: identical blocks share
-  one compiled graph, so compiling costs one block, not the whole depth);
+  one compiled graph, so compiling costs one block, not the whole depth), with the
+  feed-forward's tanh GELU as a sigmoid there (paris.trainer.gelu);
 - fused AdamW and a foreach EMA update;
 - no host sync: the loss stays on the device; the loop reads it every `log_every` steps;
 - TF32 on CUDA; gradient checkpointing as an option for large presets (memory, not speed).
@@ -30,6 +31,7 @@ from paris.config import TrainConfig
 from paris.devices import enable_tf32
 from paris.progress import console
 from paris.trainer.attention import Kernel, default_kernel, set_attention
+from paris.trainer.gelu import set_sigmoid_gelu
 
 LossFn = Callable[[torch.nn.Module, torch.Generator, torch.device], torch.Tensor]
 
@@ -57,6 +59,7 @@ class StepOptions:
     fused_optimizer: bool
     compile: bool
     gradient_checkpointing: bool = False
+    sigmoid_gelu: bool = False  # only pays inside compiled blocks (paris.trainer.gelu)
 
     @classmethod
     def for_config(cls, cfg: TrainConfig, device: torch.device, amp: torch.dtype | None) -> StepOptions:
@@ -67,6 +70,7 @@ class StepOptions:
             fused_optimizer=device.type in ("cpu", "cuda"),
             compile=cfg.compile and device.type in ("cpu", "cuda"),
             gradient_checkpointing=cfg.gradient_checkpointing,
+            sigmoid_gelu=device.type == "cpu",
         )
 
     @classmethod
@@ -126,6 +130,8 @@ def prepare_model(model: torch.nn.Module, device: torch.device, options: StepOpt
     if options.compile and not compiler_found(device):
         console.print(f"train.compile: no compiler for {device.type} kernels on this machine; running eager")
     elif options.compile:
+        if options.sigmoid_gelu:
+            set_sigmoid_gelu(model)
         compile_blocks(model)
     return model
 

@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 from diffusers.models.attention_processor import Attention, AttnProcessor2_0
 
 from paris.config import ExpertModelConfig, RouterModelConfig
 from paris.router.model import build_router
-from paris.trainer.attention import ParisAttnProcessor, set_attention
+from paris.trainer.attention import ParisAttnProcessor, matmul_attention, set_attention
 from paris.trainer.model import build_expert, expert_velocity
 
 
@@ -49,3 +50,23 @@ def test_an_expert_and_a_router_compute_the_same_with_paris_attention() -> None:
     for a, b in zip(got, want, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
     assert set(expert.state_dict()) | {f"r.{k}" for k in router.state_dict()} == keys
+
+
+def test_the_matmul_kernel_in_bf16_stays_within_bf16_rounding_of_fp32_attention() -> None:
+    """The scores and the softmax stay in bf16 (paris.trainer.attention.matmul_attention):
+    forward and input gradients must still match fp32 SDPA to bf16's precision."""
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(2, 3, 64, 32) for _ in range(3))
+    bias = torch.zeros(2, 1, 1, 64)
+    bias[0, ..., 40:] = -10000.0  # a masked caption tail
+    grad = torch.randn(2, 3, 64, 32)
+    leaves = [t.clone().requires_grad_() for t in (q, k, v)]
+    want = F.scaled_dot_product_attention(*leaves, attn_mask=bias)
+    want_grads = torch.autograd.grad(want, leaves, grad)
+    half = [t.to(torch.bfloat16).requires_grad_() for t in (q, k, v)]
+    got = matmul_attention(*half, bias)
+    assert got.dtype == torch.bfloat16
+    got_grads = torch.autograd.grad(got, half, grad.to(torch.bfloat16))
+    torch.testing.assert_close(got.float(), want, rtol=0.02, atol=0.02)
+    for g, w in zip(got_grads, want_grads, strict=True):
+        torch.testing.assert_close(g.float(), w, rtol=0.05, atol=0.05)

@@ -35,7 +35,7 @@ def test_the_training_step_bench_compares_every_rung_with_the_reference(tmp_path
     data, table = _bench("bench.train_step", tmp_path / "t.json", "--ladder", "--precision", "fp32", "bf16")
     assert data["machine"]["bf16_unit"] in ("amx", "avx512_bf16", "none")
     rungs = [k for k in data if k.startswith("tiny/")]
-    assert len(rungs) == 2 * 6  # reference + paris before + four changes, in two precisions
+    assert len(rungs) == 2 * 7  # reference + paris before + five changes (CPU), in two precisions
     for key in rungs:
         _check_stats(data[key]["seconds"], rounds=2)
         _check_stats(data[key]["vs_reference"], rounds=2)
@@ -44,7 +44,8 @@ def test_the_training_step_bench_compares_every_rung_with_the_reference(tmp_path
         ref = data[f"tiny/{precision}/reference: diffusers DiT"]["vs_reference"]
         assert ref["rounds"] == [1.0, 1.0]  # a ratio of the reference to itself, round by round
         assert f"caption 8x32, {precision}" in table
-    assert "+ torch.compile per block (= paris default)" in table
+    assert "+ torch.compile per block |" in table
+    assert "+ tanh GELU as x·σ(2u) in the compiled blocks (= paris default)" in table
 
 
 def test_the_sampling_bench_reports_each_mode_against_one_expert(tmp_path: Path) -> None:
