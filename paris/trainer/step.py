@@ -8,7 +8,7 @@ step (bench/train_step.py; the figures are in bench/README.md):
 - `torch.compile` of each transformer block ("regional" compilation: identical blocks share
   one compiled graph, so compiling costs one block, not the whole depth), with the
   feed-forward's tanh GELU as a sigmoid there (paris.trainer.gelu);
-- fused AdamW and a foreach EMA update;
+- fused AdamW and a foreach EMA update (one lerp per tensor);
 - no host sync: the loss stays on the device; the loop reads it every `log_every` steps;
 - TF32 on CUDA; gradient checkpointing as an option for large presets (memory, not speed).
 """
@@ -136,6 +136,24 @@ def prepare_model(model: torch.nn.Module, device: torch.device, options: StepOpt
     return model
 
 
+class LerpEMA(EMAModel):
+    """diffusers' EMAModel (decay schedule, state_dict, save and load) whose foreach update is
+    one in-place lerp per tensor: ema += (1 - decay)·(θ - ema). diffusers' foreach form,
+    ema -= (1 - decay)·(ema - θ), first writes the differences to temporaries, a second pass
+    over every parameter: 50 against 23 ms a step at DiT-S/2 on one CPU core."""
+
+    @torch.no_grad()
+    def step(self, parameters: Any) -> None:
+        params = list(parameters)
+        if not self.foreach or not all(p.requires_grad for p in params):
+            return super().step(params)
+        self.optimization_step += 1
+        decay = self.get_decay(self.optimization_step)
+        self.cur_decay_value = decay
+        torch._foreach_lerp_(self.shadow_params, [p.detach() for p in params], 1 - decay)
+        return None
+
+
 class TrainStep:
     """forward + backward (grad_accum micro-batches) + clip + AdamW + LR schedule + EMA.
 
@@ -162,7 +180,7 @@ class TrainStep:
             self.params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=fused or None, foreach=False if fused else None
         )
         self.lr_sched = get_scheduler("constant_with_warmup", self.optimizer, num_warmup_steps=cfg.warmup_steps)
-        self.ema = EMAModel(
+        self.ema = LerpEMA(
             model.parameters(),
             decay=cfg.ema_decay,
             foreach=options.fused_optimizer,
