@@ -61,10 +61,10 @@ def test_the_matmul_kernel_in_bf16_stays_within_bf16_rounding_of_fp32_attention(
     bias[0, ..., 40:] = -10000.0  # a masked caption tail
     grad = torch.randn(2, 3, 64, 32)
     leaves = [t.clone().requires_grad_() for t in (q, k, v)]
-    want = F.scaled_dot_product_attention(*leaves, attn_mask=bias)
+    want = F.scaled_dot_product_attention(leaves[0], leaves[1], leaves[2], attn_mask=bias)
     want_grads = torch.autograd.grad(want, leaves, grad)
     half = [t.to(torch.bfloat16).requires_grad_() for t in (q, k, v)]
-    got = matmul_attention(*half, bias)
+    got = matmul_attention(half[0], half[1], half[2], bias)
     assert got.dtype == torch.bfloat16
     got_grads = torch.autograd.grad(got, half, grad.to(torch.bfloat16))
     torch.testing.assert_close(got.float(), want, rtol=0.02, atol=0.02)
