@@ -47,6 +47,7 @@ from bench.harness import (
     write_json,
 )
 from paris.config import PRESETS, ExpertModelConfig, TrainConfig
+from paris.trainer.attention import default_kernel
 from paris.trainer.flow import flow_loss, interpolate, model_timestep, sample_t
 from paris.trainer.loop import attention_backend
 from paris.trainer.model import build_expert, count_params, expert_velocity
@@ -148,7 +149,7 @@ def reference_variant(
 def ladder(amp: torch.dtype | None, device: torch.device) -> dict[str, StepOptions]:
     """paris's step before this work, then one change at a time, ending at the defaults."""
     base = StepOptions.baseline(amp)
-    kernel = "matmul" if device.type == "cpu" else "sdpa"
+    kernel = default_kernel(device, amp)
     steps = {
         "paris before (eager, SDPA, for-loop AdamW, loss read every step)": base,
         f"+ {kernel} attention kernel": base.but(attention=kernel),
@@ -159,12 +160,11 @@ def ladder(amp: torch.dtype | None, device: torch.device) -> dict[str, StepOptio
         ),
     }
     if device.type == "cpu":
-        steps["+ tanh GELU as x·σ(2u) in the compiled blocks (= paris default)"] = base.but(
+        steps["+ tanh GELU as x·σ(2u) in the compiled blocks"] = base.but(
             attention=kernel, fuse_projections=True, fused_optimizer=True, compile=True, sigmoid_gelu=True
         )
-    else:
-        steps = {n.replace("per block", "per block (= paris default)"): o for n, o in steps.items()}
-    return steps
+    defaults = StepOptions.for_config(TrainConfig(), device, amp)
+    return {f"{n} (= paris default)" if o == defaults else n: o for n, o in steps.items()}
 
 
 def profile_top(fn: Callable[[], Any], rows: int) -> str:

@@ -150,7 +150,7 @@ class LerpEMA(EMAModel):
         self.optimization_step += 1
         decay = self.get_decay(self.optimization_step)
         self.cur_decay_value = decay
-        torch._foreach_lerp_(self.shadow_params, [p.detach() for p in params], 1 - decay)
+        torch._foreach_lerp_(self.shadow_params, params, 1 - decay)
         return None
 
 
